@@ -1,0 +1,146 @@
+"""The transformers side shared by BiEncoder and CrossEncoder: loading a backbone and its tokenizer
+with clear errors, tokenizing with a truncation count, and choosing device and dtype.
+
+Truncation is never silent (ST #4060): `tokenize` counts the inputs that were cut, and callers
+report the count once per call or run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import ModelLoadError, check_safetensors, weight_files
+
+logger = logging.getLogger("minisbert")
+
+
+def default_device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_backbone(folder: Path, auto_class, *, allow_pickle: bool, dtype=None, **kwargs):
+    """`auto_class.from_pretrained(folder)` with the weights checked first and errors made readable."""
+    from transformers import AutoConfig
+
+    if not (folder / "config.json").exists():
+        raise ModelLoadError(f"{folder} has no config.json: it is not a transformers model folder")
+    sharded = sorted(folder.glob("*.safetensors.index.json"))
+    if sharded:
+        for shard in sorted(folder.glob("*.safetensors")):
+            check_safetensors(shard)
+    else:
+        files = weight_files(folder, allow_pickle)  # refuses pickle-only folders unless allowed
+        allow_pickle = allow_pickle and files[0].suffix == ".bin"
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load is noise
+    try:
+        config = AutoConfig.from_pretrained(folder, **kwargs.pop("config_kwargs", {}))
+        model = auto_class.from_pretrained(folder, config=config, use_safetensors=not allow_pickle, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()
+        raise ModelLoadError(
+            f"could not load the transformers model in {folder}: {type(e).__name__}: "
+            f"{first[0] if first else ''}{' ...' if len(first) > 1 else ''} "
+            f"(check that config.json matches the weights)"
+        ) from e
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    return model.to(dtype) if dtype is not None else model
+
+
+def load_tokenizer(folder: Path, *, do_lower_case: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not load a tokenizer from {folder}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            f" (a model folder needs tokenizer.json or the tokenizer's vocabulary files)"
+        ) from e
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(f"{folder}: minisbert needs a fast (tokenizers) tokenizer; found {type(tok).__name__}")
+    if do_lower_case:
+        # ST's legacy do_lower_case prepends a Lowercase normalizer (st/base/modules/transformer.py:886-904).
+        from tokenizers import normalizers
+
+        backend = tok.backend_tokenizer
+        current = backend.normalizer
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
+    return tok
+
+
+def max_length_for(tokenizer, config, saved: int | None, override: int | None) -> int:
+    """The maximum tokens per input: the user's, else the saved one, else min(tokenizer, positions)."""
+    if override is not None:
+        if override <= 0:
+            raise ValueError(f"max_length must be positive, got {override}")
+        return int(override)
+    if saved:
+        return int(saved)
+    length = tokenizer.model_max_length
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and positions > 0:
+        # RoBERTa-style models reserve padding_idx + 1 positions (514 positions -> 512 tokens).
+        roberta = config.model_type in ("roberta", "xlm-roberta", "camembert")
+        length = min(length, positions - ((getattr(config, "pad_token_id", 0) or 0) + 1 if roberta else 0))
+    return int(length)
+
+
+@dataclass
+class Truncation:
+    """How many inputs of a call were cut to `max_length` tokens."""
+
+    count: int = 0
+    total: int = 0
+    max_length: int = 0
+
+    def add(self, batch) -> None:
+        encodings = getattr(batch, "encodings", None) or []
+        self.count += sum(1 for e in encodings if e.overflowing)
+        self.total += len(encodings)
+
+    def report(self, what: str) -> None:
+        if self.count:
+            logger.warning(
+                "%s: %d of %d inputs were longer than max_length=%d tokens and were truncated to it",
+                what, self.count, self.total, self.max_length,
+            )
+
+
+def check_texts(texts, what: str = "texts") -> list:
+    """A list of strings (or pairs of strings), or one clear error naming the bad item."""
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings; got one string (wrap it in a list)")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        items = t if isinstance(t, (tuple, list)) else (t,)
+        if not all(isinstance(x, str) for x in items):
+            raise TypeError(f"{what}[{i}] is {type(t).__name__} {t!r:.60}; expected a string")
+    return texts
+
+
+def length_order(texts) -> list[int]:
+    """Indices by descending character length (ST's encode order), so batches pad little."""
+    return sorted(range(len(texts)), key=lambda i: -sum(len(x) for x in (texts[i] if isinstance(texts[i], (tuple, list)) else (texts[i],))))
+
+
+def progress(iterable, total: int, show: bool | None, desc: str):
+    if show is None:
+        show = logger.getEffectiveLevel() <= logging.INFO
+    if not show:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc)

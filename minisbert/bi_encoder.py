@@ -1,0 +1,329 @@
+"""BiEncoder: a transformers backbone -> pooling -> optional Dense layers -> optional L2 normalize.
+
+One forward, from token ids to (B, D) sentence embeddings, serves training (with grad) and
+`encode` (no grad, length-sorted batches, results in input order). Folders of every
+sentence-transformers generation load; `save_pretrained` writes the layout ST 2.4-6.2 all load.
+
+Shapes: B batch, L tokens, H backbone width, D embedding width.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .backbone import (
+    Truncation, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
+)
+from .pooling import MODES, pool
+from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
+
+DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"
+
+
+def activation_from_path(path: str | None) -> nn.Module:
+    """A torch.nn activation from ST's dotted path; only classes inside torch.nn are accepted."""
+    if path is None:
+        return nn.Identity()
+    name = path.rsplit(".", 1)[-1]
+    cls = getattr(nn, name, None)
+    if not path.startswith("torch.") or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ckpt.ModelLoadError(
+            f"activation {path!r} is not a torch.nn module; minisbert never imports code named in a model folder"
+        )
+    return cls()
+
+
+class Dense(nn.Module):
+    """ST's Dense module: y = activation(x W^T + b), (B, in_features) -> (B, out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation_function: str | None = DEFAULT_ACTIVATION):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.activation_function = activation_function or "torch.nn.modules.linear.Identity"
+        self.activation = activation_from_path(self.activation_function)
+
+    def forward(self, x):
+        return self.activation(self.linear(x))
+
+    def config(self) -> dict:
+        return {
+            "in_features": self.linear.in_features, "out_features": self.linear.out_features,
+            "bias": self.linear.bias is not None, "activation_function": self.activation_function,
+        }
+
+
+class BiEncoder(nn.Module):
+    """Embeds texts into vectors: sentence-transformers' SentenceTransformer, in one class."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer,
+        *,
+        pooling=("mean",),
+        include_prompt: bool = True,
+        dense=(),
+        normalize: bool = False,
+        max_length: int = 512,
+        do_lower_case: bool = False,
+        prompts: dict | None = None,
+        default_prompt_name: str | None = None,
+        similarity_fn_name: str = "cosine",
+        truncate_dim: int | None = None,
+    ):
+        super().__init__()
+        pooling = [pooling] if isinstance(pooling, str) else list(pooling)
+        if not pooling or any(m not in MODES for m in pooling):
+            raise ValueError(f"unknown pooling mode {pooling!r}; expected one or more of {list(MODES)}")
+        if similarity_fn_name not in SIMILARITY_FUNCTIONS:
+            raise ValueError(f"unknown similarity_fn_name {similarity_fn_name!r}; expected one of {list(SIMILARITY_FUNCTIONS)}")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooling = [m for m in MODES if m in pooling]
+        self.include_prompt = include_prompt
+        self.dense = nn.ModuleList(dense)
+        self.normalize = normalize
+        self.max_length = int(max_length)
+        self.do_lower_case = do_lower_case
+        self.prompts = dict(prompts or {})
+        self.default_prompt_name = default_prompt_name
+        self.similarity_fn_name = similarity_fn_name
+        self.truncate_dim = truncate_dim
+        accepted = inspect.signature(backbone.forward).parameters
+        self._backbone_inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in accepted]
+        self._prompt_lengths: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path, *, pooling=None, normalize=None, max_length=None, device=None, dtype=None,
+        allow_pickle: bool = False,
+    ) -> "BiEncoder":
+        """Load an ST folder of any generation, a plain transformers checkpoint, or a hub name.
+
+        A plain checkpoint becomes a new bi-encoder with `pooling` (default "mean"; "lasttoken" for
+        causal LMs, as ST does) and `normalize` (default False). Arguments given here override
+        what the folder says.
+        """
+        from transformers import AutoModel
+
+        folder = ckpt.resolve_model_dir(name_or_path)
+        if (folder / "modules.json").exists():
+            spec = ckpt.read_sentence_transformer(folder, allow_pickle)
+            if spec.get("transformer_task") == "sequence-classification":
+                raise ckpt.ModelLoadError(f"{folder} is a cross-encoder folder; load it with minisbert.CrossEncoder")
+        else:
+            spec = {"transformer_path": folder, "max_length": None, "do_lower_case": False, "pooling": None,
+                    "dense": [], "normalize": False, "prompts": {}, "default_prompt_name": None,
+                    "similarity_fn_name": "cosine", "truncate_dim": None}
+        sub = spec["transformer_path"]
+        backbone = load_backbone(sub, AutoModel, allow_pickle=allow_pickle, dtype=dtype)
+        tokenizer = load_tokenizer(sub, do_lower_case=spec["do_lower_case"])
+        saved_pool = spec["pooling"] or {}
+        if pooling is None:
+            causal = any(a.endswith("ForCausalLM") for a in (backbone.config.architectures or []))
+            pooling = saved_pool.get("modes") or (["lasttoken"] if causal else ["mean"])
+        hidden = backbone.config.hidden_size
+        if saved_pool.get("dim") not in (None, hidden):
+            raise ckpt.ModelLoadError(
+                f"{folder}: the pooling config says embedding dimension {saved_pool['dim']}, but the backbone "
+                f"(config.json) has hidden_size {hidden}"
+            )
+        dense = []
+        for d in spec["dense"]:
+            c = d["config"]
+            layer = Dense(c["in_features"], c["out_features"], c.get("bias", True), c.get("activation_function"))
+            state = {k: v for k, v in d["state"].items() if k.startswith("linear.")}
+            missing, unexpected = layer.load_state_dict(state, strict=False)
+            if missing:
+                raise ckpt.ModelLoadError(f"{d['path']}: Dense weights are missing {missing}")
+            dense.append(layer)
+        model = cls(
+            backbone, tokenizer,
+            pooling=pooling,
+            include_prompt=saved_pool.get("include_prompt", True),
+            dense=dense,
+            normalize=spec["normalize"] if normalize is None else normalize,
+            max_length=max_length_for(tokenizer, backbone.config, spec["max_length"], max_length),
+            do_lower_case=spec["do_lower_case"],
+            prompts=spec["prompts"],
+            default_prompt_name=spec["default_prompt_name"],
+            similarity_fn_name=spec["similarity_fn_name"],
+            truncate_dim=spec["truncate_dim"],
+        )
+        if dtype is not None:
+            model.to(dtype)
+        model.name_or_path = str(name_or_path)
+        return model.to(default_device(device)).eval()
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the embeddings (after Dense layers, before any truncation)."""
+        if len(self.dense):
+            return self.dense[-1].linear.out_features
+        return len(self.pooling) * self.backbone.config.hidden_size
+
+    # ------------------------------------------------------------------ tokenize + forward (training path)
+
+    def prompt_length(self, prompt: str | None) -> int:
+        """Tokens of `prompt` incl. the leading special token, excl. a trailing one (ST's count)."""
+        if not prompt:
+            return 0
+        if prompt not in self._prompt_lengths:
+            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            special = set(self.tokenizer.all_special_ids)
+            self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
+        return self._prompt_lengths[prompt]
+
+    def tokenize(self, texts, prompt: str | None = None, truncation: Truncation | None = None) -> dict:
+        """Texts -> {"input_ids" (B, L), "attention_mask" (B, L), ..., "prompt_length": int}, padded to the longest."""
+        if prompt:
+            texts = [prompt + t for t in texts]
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation="longest_first", max_length=self.max_length, return_tensors="pt"
+        )
+        if truncation is not None:
+            truncation.max_length = self.max_length
+            truncation.add(batch)
+        features = {k: batch[k] for k in self._backbone_inputs if k in batch}
+        features["prompt_length"] = self.prompt_length(prompt)
+        return features
+
+    def forward(self, features: dict) -> torch.Tensor:
+        """Token ids + mask -> (B, D) embeddings, with grad when grad is enabled."""
+        device = self.device
+        inputs = {k: features[k].to(device) for k in self._backbone_inputs if k in features}
+        mask = inputs["attention_mask"]
+        hidden = self.backbone(**inputs).last_hidden_state  # (B, L, H)
+        emb = pool(hidden, mask, self.pooling, prompt_length=features.get("prompt_length", 0),
+                   include_prompt=self.include_prompt)  # (B, len(pooling)*H)
+        for layer in self.dense:
+            emb = layer(emb)  # (B, D)
+        return F.normalize(emb, p=2, dim=-1) if self.normalize else emb
+
+    # ------------------------------------------------------------------ inference
+
+    def resolve_prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+        """Explicit `prompt` > prompts[prompt_name] > prompts[default_prompt_name] (ST's order)."""
+        if prompt is not None:
+            return prompt
+        name = prompt_name if prompt_name is not None else self.default_prompt_name
+        if name is None:
+            return None
+        if name not in self.prompts:
+            raise ValueError(f"prompt_name {name!r} is not one of this model's prompts {list(self.prompts)}")
+        return self.prompts[name]
+
+    @torch.inference_mode()
+    def encode(
+        self, texts, batch_size: int = 32, *, prompt: str | None = None, prompt_name: str | None = None,
+        normalize_embeddings: bool | None = None, truncate_dim: int | None = None, convert_to_tensor: bool = False,
+        show_progress_bar: bool | None = None,
+    ):
+        """Texts -> float32 numpy (N, D) (or a tensor); a single string gives (D,).
+
+        Batches are sorted by length and results returned in input order. `truncate_dim` keeps the
+        first d dimensions; `normalize_embeddings=None` re-normalizes after truncation exactly when
+        the model itself normalizes, so truncated outputs of a normalized model stay unit vectors.
+        """
+        single = isinstance(texts, str)
+        texts = check_texts([texts] if single else texts)
+        if not texts:
+            raise ValueError("encode() got an empty list of texts; pass at least one string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
+        if truncate_dim is not None and not 0 < truncate_dim <= self.embedding_dim:
+            raise ValueError(f"truncate_dim must be in 1..{self.embedding_dim}, got {truncate_dim}")
+        if normalize_embeddings is None:
+            normalize_embeddings = self.normalize and truncate_dim is not None and truncate_dim < self.embedding_dim
+        prompt = self.resolve_prompt(prompt, prompt_name)
+        was_training = self.training
+        self.eval()
+        order = length_order(texts)
+        truncation = Truncation()
+        chunks = []
+        starts = range(0, len(texts), batch_size)
+        for start in progress(starts, len(starts), show_progress_bar, "encode"):
+            features = self.tokenize([texts[i] for i in order[start:start + batch_size]], prompt, truncation)
+            emb = self.forward(features)  # (b, D)
+            if truncate_dim is not None:
+                emb = emb[:, :truncate_dim]
+            if normalize_embeddings:
+                emb = F.normalize(emb, p=2, dim=-1)
+            chunks.append(emb.float())
+        self.train(was_training)
+        truncation.report("encode")
+        self.last_truncation = truncation
+        out = torch.cat(chunks)[torch.as_tensor(np.argsort(order))]  # back to input order, (N, D)
+        out = out[0] if single else out
+        return out.clone() if convert_to_tensor else out.cpu().numpy()
+
+    def similarity(self, a, b) -> torch.Tensor:
+        """(N, D) x (M, D) -> (N, M) with the model's similarity function."""
+        return similarity(self.similarity_fn_name)(torch.as_tensor(a), torch.as_tensor(b))
+
+    def similarity_pairwise(self, a, b) -> torch.Tensor:
+        return pairwise_similarity(self.similarity_fn_name)(torch.as_tensor(a), torch.as_tensor(b))
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, path, *, model_card: str | None = None) -> Path:
+        """Write the ST 2.4-5.3 folder layout atomically (see checkpoint.py); returns the folder."""
+        from .model_card import bi_encoder_card
+
+        with ckpt.atomic_dir(path) as tmp:
+            self.backbone.save_pretrained(tmp)
+            old = self.tokenizer.model_max_length
+            self.tokenizer.model_max_length = self.max_length
+            try:
+                self.tokenizer.save_pretrained(tmp)
+            finally:
+                self.tokenizer.model_max_length = old
+            ckpt.write_json(tmp / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": self.do_lower_case})
+            modules = [{"idx": 0, "name": "0", "path": "", "type": ckpt.LEGACY_TYPE["Transformer"]}]
+            pool_dir = tmp / "1_Pooling"
+            pool_dir.mkdir()
+            pool_cfg = {"word_embedding_dimension": self.backbone.config.hidden_size}
+            pool_cfg.update({key: mode in self.pooling for key, mode in ckpt.LEGACY_POOLING_KEYS.items()})
+            pool_cfg["include_prompt"] = self.include_prompt
+            ckpt.write_json(pool_dir / "config.json", pool_cfg, indent=4)
+            modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": ckpt.LEGACY_TYPE["Pooling"]})
+            for layer in self.dense:
+                idx = len(modules)
+                sub = tmp / f"{idx}_Dense"
+                sub.mkdir()
+                ckpt.write_json(sub / "config.json", layer.config(), indent=4)
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().contiguous().cpu() for k, v in layer.state_dict().items()}, sub / "model.safetensors")
+                modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Dense", "type": ckpt.LEGACY_TYPE["Dense"]})
+            if self.normalize:
+                idx = len(modules)
+                (tmp / f"{idx}_Normalize").mkdir()
+                modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize", "type": ckpt.LEGACY_TYPE["Normalize"]})
+            ckpt.write_json(tmp / "modules.json", modules)
+            st_cfg = {
+                "__version__": ckpt.versions(),
+                "prompts": self.prompts,
+                "default_prompt_name": self.default_prompt_name,
+                "similarity_fn_name": self.similarity_fn_name,
+                "model_type": "SentenceTransformer",
+            }
+            ckpt.write_json(tmp / "config_sentence_transformers.json", st_cfg, sort_keys=True)
+            (tmp / "README.md").write_text(model_card or bi_encoder_card(self), encoding="utf-8")
+        return Path(path)

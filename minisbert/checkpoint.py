@@ -1,0 +1,256 @@
+"""Model folders on disk: find them, read every sentence-transformers generation, write the legacy one.
+
+Reading (spec section 1): modules.json written by ST 2.x-5.3 (`sentence_transformers.models.X`),
+5.4-5.7 and 6.x (`sentence_transformers.base.modules...X`); pooling configs of all three key
+schemas; Dense; Normalize (a missing or empty folder is fine); prompts, similarity function and
+truncate_dim from config_sentence_transformers.json. A module type minisbert does not know is
+refused with the list of supported ones: nothing named in a folder is ever imported (ST #3801).
+
+Writing: the 2.4-5.3 layout, which every ST version from 2.4 to 6.2 loads (spec 1.9), with a real
+ST version string (ST 6 parses it with packaging and crashes on anything else). Every folder is
+written to a temporary sibling and renamed into place, so a crash never leaves half a model.
+
+Weights are read from safetensors only. Pickle files (pytorch_model.bin) are loaded only with
+`allow_pickle=True`, and then with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+# The ST version whose folder layout we write; every ST from 2.4 to 6.2 loads it.
+ST_FORMAT_VERSION = "3.4.1"
+SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+LEGACY_TYPE = {name: f"sentence_transformers.models.{name}" for name in SUPPORTED_MODULES}
+# ST <= 2.3 named these files after the architecture (st/base/modules/transformer.py:2713-2750).
+TRANSFORMER_CONFIGS = (
+    "sentence_bert_config.json", "sentence_roberta_config.json", "sentence_distilbert_config.json",
+    "sentence_camembert_config.json", "sentence_albert_config.json", "sentence_xlm-roberta_config.json",
+    "sentence_xlnet_config.json",
+)
+LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
+
+class ModelLoadError(ValueError):
+    """A model folder or name that cannot be loaded; the message names the folder and the fix."""
+
+
+# ---------------------------------------------------------------------------- finding a model
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local folder as is; otherwise a hub name, downloaded (or found in the cache when offline)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    looks_like_repo = name.count("/") <= 1 and not name.startswith((".", "/", "~")) and not path.exists()
+    if not looks_like_repo:
+        raise ModelLoadError(f"model folder {path.resolve()} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        return Path(snapshot_download(name, local_files_only=offline))
+    except Exception as e:  # network, missing repo, offline cache miss: one message for all
+        cache = locals().get("HF_HUB_CACHE", "the Hugging Face cache")
+        raise ModelLoadError(
+            f"model {name!r} not found: there is no local folder {path.resolve()} and the hub copy could "
+            f"not be fetched or found in {cache} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+            f"Pass a local folder, or go online (unset HF_HUB_OFFLINE) to download it."
+        ) from None
+
+
+# ---------------------------------------------------------------------------- weights
+
+def check_safetensors(path: Path) -> None:
+    """Raise ModelLoadError unless `path` is a complete safetensors file (header parses, data fits)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"tensors need {8 + n + end} bytes, file has {size}")
+    except Exception as e:
+        raise ModelLoadError(
+            f"{path} is not a complete safetensors file ({e}); it may be truncated or corrupted: "
+            f"re-download or re-save the model"
+        ) from None
+
+
+def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
+    """The weight files of a module folder, validated; refuses pickle unless allowed."""
+    safe = sorted(folder.glob("*.safetensors"))
+    if safe:
+        for p in safe:
+            check_safetensors(p)
+        return safe
+    pickles = sorted(folder.glob("pytorch_model*.bin"))
+    if pickles and not allow_pickle:
+        raise ModelLoadError(
+            f"{folder} has only pickle weights ({pickles[0].name}); pickle files can run arbitrary code, so "
+            f"minisbert does not load them by default. If you trust this folder, pass allow_pickle=True "
+            f"(or convert it to model.safetensors)."
+        )
+    if pickles:
+        return pickles
+    raise ModelLoadError(f"{folder} has no weights: expected model.safetensors (or pytorch_model.bin)")
+
+
+def load_state_dict(folder: Path, allow_pickle: bool) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    state = {}
+    for p in weight_files(folder, allow_pickle):
+        state.update(load_file(p) if p.suffix == ".safetensors" else torch.load(p, map_location="cpu", weights_only=True))
+    return state
+
+
+# ---------------------------------------------------------------------------- reading a folder
+
+def read_json(path: Path, default=None):
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
+
+
+def module_kind(type_name: str, folder: Path) -> str:
+    """Map a modules.json `type` of any ST generation to one of SUPPORTED_MODULES, or refuse it."""
+    last = type_name.rsplit(".", 1)[-1]
+    if type_name.startswith("sentence_transformers.") and last in SUPPORTED_MODULES:
+        return last
+    raise ModelLoadError(
+        f"{folder / 'modules.json'} names module type {type_name!r}, which minisbert does not support "
+        f"(it never imports code named in a model folder). Supported: "
+        + ", ".join(f"sentence_transformers[...].{m}" for m in SUPPORTED_MODULES)
+    )
+
+
+def read_pooling_config(cfg: dict, path: Path) -> dict:
+    """Any of the three pooling config schemas -> {"modes": [...], "include_prompt": bool, "dim": int}."""
+    if "pooling_mode" in cfg:  # ST >= 5.4
+        modes = cfg["pooling_mode"]
+        modes = [modes] if isinstance(modes, str) else list(modes)
+        modes = ["mean_sqrt_len_tokens" if m == "mean_sqrt_len" else m for m in modes]
+    else:
+        modes = [mode for key, mode in LEGACY_POOLING_KEYS.items() if cfg.get(key)] or ["mean"]
+    from .pooling import MODES
+
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ModelLoadError(f"{path}: unknown pooling mode {bad}; expected one of {list(MODES)}")
+    dim = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension"))
+    return {"modes": [m for m in MODES if m in modes], "include_prompt": bool(cfg.get("include_prompt", True)), "dim": dim}
+
+
+def read_sentence_transformer(folder: Path, allow_pickle: bool = False) -> dict:
+    """Parse an ST folder into a plain description the BiEncoder is built from."""
+    modules = read_json(folder / "modules.json")
+    if not isinstance(modules, list) or not modules:
+        raise ModelLoadError(f"{folder / 'modules.json'} must be a non-empty JSON list of modules")
+    st_cfg = read_json(folder / "config_sentence_transformers.json", {}) or {}
+    spec = {
+        "transformer_path": None, "max_length": None, "do_lower_case": False, "pooling": None,
+        "dense": [], "normalize": False,
+        "prompts": {k: v for k, v in (st_cfg.get("prompts") or {}).items() if v is not None},
+        "default_prompt_name": st_cfg.get("default_prompt_name"),
+        "similarity_fn_name": st_cfg.get("similarity_fn_name") or "cosine",
+        "truncate_dim": st_cfg.get("truncate_dim"),
+    }
+    for entry in modules:
+        rel = entry.get("path", "")
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ModelLoadError(f"{folder / 'modules.json'}: module path {rel!r} leaves the model folder")
+        sub = folder / rel
+        kind = module_kind(entry.get("type", ""), folder)
+        if kind == "Transformer":
+            cfg = next((read_json(sub / n) for n in TRANSFORMER_CONFIGS if (sub / n).exists()), {}) or {}
+            spec["transformer_path"] = sub
+            spec["max_length"] = cfg.get("max_seq_length")
+            spec["do_lower_case"] = bool(cfg.get("do_lower_case", False))
+            spec["transformer_task"] = cfg.get("transformer_task", "feature-extraction")
+        elif kind == "Pooling":
+            spec["pooling"] = read_pooling_config(read_json(sub / "config.json", {}) or {}, sub / "config.json")
+        elif kind == "Dense":
+            cfg = read_json(sub / "config.json")
+            if cfg is None:
+                raise ModelLoadError(f"{sub} is a Dense module without config.json")
+            spec["dense"].append({"config": cfg, "state": load_state_dict(sub, allow_pickle), "path": sub})
+        else:
+            spec["normalize"] = True
+    if spec["transformer_path"] is None:
+        raise ModelLoadError(f"{folder / 'modules.json'} has no Transformer module")
+    if spec["default_prompt_name"] is not None and spec["default_prompt_name"] not in spec["prompts"]:
+        raise ModelLoadError(
+            f"{folder / 'config_sentence_transformers.json'}: default_prompt_name "
+            f"{spec['default_prompt_name']!r} is not one of the prompts {list(spec['prompts'])}"
+        )
+    return spec
+
+
+# ---------------------------------------------------------------------------- writing a folder
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike):
+    """Yield a temporary folder beside `target`; on success it replaces `target` in one rename.
+
+    On any exception the temporary folder is removed and an existing `target` is left untouched.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"cannot save to {target}: it exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_tree(root: Path) -> None:
+    # Data must be on disk before the rename makes the folder visible.
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def write_json(path: Path, obj, indent: int = 2, sort_keys: bool = False) -> None:
+    path.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys) + "\n", encoding="utf-8")
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    return {"sentence_transformers": ST_FORMAT_VERSION, "transformers": transformers.__version__, "pytorch": torch.__version__}

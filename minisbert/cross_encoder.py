@@ -1,0 +1,187 @@
+"""CrossEncoder: a sequence-classification backbone that scores (query, document) pairs jointly.
+
+Reads the three ST cross-encoder generations (spec 1.10): a plain `*ForSequenceClassification`
+folder with the activation in config.json (`sbert_ce_default_activation_function` before ST 4,
+`sentence_transformers.activation_fn` in 4.0-5.3) and the 5.4+ folder with modules.json and
+config_sentence_transformers.json. Writes the 4.0-5.3 form, which every version loads.
+A plain backbone (or a bi-encoder folder) gets a new, randomly initialised head.
+
+Shapes: B pairs, L tokens, C labels.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt
+from .backbone import (
+    Truncation, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
+)
+from .bi_encoder import activation_from_path
+
+SIGMOID = "torch.nn.modules.activation.Sigmoid"
+IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def _saved_activation(folder: Path, config) -> str | None:
+    """The activation a folder asks for, newest ST convention first (st/cross_encoder/model.py:358-380)."""
+    st_cfg = ckpt.read_json(folder / "config_sentence_transformers.json", {}) or {}
+    if st_cfg.get("activation_fn"):
+        return st_cfg["activation_fn"]
+    nested = getattr(config, "sentence_transformers", None) or {}
+    if isinstance(nested, dict) and nested.get("activation_fn"):
+        return nested["activation_fn"]
+    return getattr(config, "sbert_ce_default_activation_function", None)
+
+
+class CrossEncoder(nn.Module):
+    """Scores text pairs: sentence-transformers' CrossEncoder, in one class."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, max_length: int = 512, activation_fn: str | None = None):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.activation_fn_name = activation_fn or (SIGMOID if self.num_labels == 1 else IDENTITY)
+        self.activation = activation_from_path(self.activation_fn_name)
+        accepted = inspect.signature(model.forward).parameters
+        self._model_inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in accepted]
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path, *, num_labels: int | None = None, max_length: int | None = None,
+        activation_fn: str | None = None, device=None, dtype=None, allow_pickle: bool = False,
+    ) -> "CrossEncoder":
+        """Load an ST cross-encoder folder of any generation, or a backbone with a new head (num_labels=1)."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        folder = ckpt.resolve_model_dir(name_or_path)
+        root = folder
+        if (folder / "modules.json").exists():  # a 5.4+ CE folder, or a bi-encoder whose backbone we reuse
+            spec_modules = ckpt.read_json(folder / "modules.json") or [{}]
+            first = spec_modules[0]
+            ckpt.module_kind(first.get("type", ""), folder)
+            root = folder / first.get("path", "")
+        if not (root / "config.json").exists():
+            raise ckpt.ModelLoadError(f"{root} has no config.json: it is not a transformers model folder")
+        config = AutoConfig.from_pretrained(root)
+        is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        kwargs = {}
+        if not is_classifier or num_labels is not None:
+            kwargs["num_labels"] = num_labels or 1
+        model = load_backbone(root, AutoModelForSequenceClassification, allow_pickle=allow_pickle, dtype=dtype,
+                              config_kwargs=kwargs)
+        tokenizer = load_tokenizer(root)
+        saved_len = (ckpt.read_json(root / "sentence_bert_config.json", {}) or {}).get("max_seq_length") if not is_classifier else None
+        ce = cls(
+            model, tokenizer,
+            max_length=max_length_for(tokenizer, model.config, saved_len, max_length),
+            activation_fn=activation_fn or (_saved_activation(folder, model.config) if is_classifier else None),
+        )
+        ce.name_or_path = str(name_or_path)
+        return ce.to(default_device(device)).eval()
+
+    @property
+    def num_labels(self) -> int:
+        return self.model.config.num_labels
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ training path
+
+    def tokenize(self, pairs, truncation: Truncation | None = None) -> dict:
+        """(query, document) pairs -> {"input_ids" (B, L), "attention_mask" (B, L), ...}."""
+        a = [p[0] for p in pairs]
+        b = [p[1] for p in pairs]
+        batch = self.tokenizer(a, b, padding=True, truncation="longest_first", max_length=self.max_length, return_tensors="pt")
+        if truncation is not None:
+            truncation.max_length = self.max_length
+            truncation.add(batch)
+        return {k: batch[k] for k in self._model_inputs if k in batch}
+
+    def forward(self, features: dict) -> torch.Tensor:
+        """Raw logits (B, C); no activation (losses such as bce take logits)."""
+        inputs = {k: features[k].to(self.device) for k in self._model_inputs if k in features}
+        return self.model(**inputs).logits
+
+    # ------------------------------------------------------------------ inference
+
+    @torch.inference_mode()
+    def predict(
+        self, pairs, batch_size: int = 32, *, activation_fn=None, apply_softmax: bool = False,
+        convert_to_tensor: bool = False, show_progress_bar: bool | None = None,
+    ):
+        """Pairs -> scores with the activation applied: (N,) for one label, (N, C) otherwise.
+
+        A single pair (a tuple of two strings) gives a scalar. Pairs are scored in length-sorted
+        batches and returned in input order; scores are float32.
+        """
+        single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        pairs = check_texts([pairs] if single else pairs, "pairs")
+        if not pairs:
+            raise ValueError("predict() got an empty list of pairs; pass at least one (query, document) pair")
+        for i, p in enumerate(pairs):
+            if not isinstance(p, (tuple, list)) or len(p) != 2:
+                raise TypeError(f"pairs[{i}] must be a (query, document) pair of strings, got {p!r:.60}")
+        act = activation_fn if activation_fn is not None else self.activation
+        was_training = self.training
+        self.eval()
+        order = length_order(pairs)
+        truncation = Truncation()
+        out = []
+        starts = range(0, len(pairs), batch_size)
+        for start in progress(starts, len(starts), show_progress_bar, "predict"):
+            logits = self.forward(self.tokenize([pairs[i] for i in order[start:start + batch_size]], truncation))
+            scores = act(logits.float())  # (b, C)
+            if apply_softmax and scores.shape[1] > 1:
+                scores = torch.softmax(scores, dim=1)
+            out.append(scores)
+        self.train(was_training)
+        truncation.report("predict")
+        self.last_truncation = truncation
+        scores = torch.cat(out)[torch.as_tensor(np.argsort(order))]  # (N, C) in input order
+        if self.num_labels == 1:
+            scores = scores[:, 0]
+        if single:
+            scores = scores[0]
+        return scores.clone() if convert_to_tensor else scores.cpu().numpy()
+
+    def rank(self, query: str, documents, top_k: int | None = None, return_documents: bool = False, batch_size: int = 32,
+             show_progress_bar: bool | None = None) -> list[dict]:
+        """Documents sorted by activated score: [{"corpus_id", "score"[, "text"]}], best first."""
+        if self.num_labels != 1:
+            raise ValueError(f"rank() needs a model with one label, this one has {self.num_labels}")
+        documents = check_texts(documents, "documents")
+        scores = self.predict([(query, d) for d in documents], batch_size, show_progress_bar=show_progress_bar)
+        order = sorted(range(len(documents)), key=lambda i: -float(scores[i]))
+        ranked = [{"corpus_id": i, "score": float(scores[i])} | ({"text": documents[i]} if return_documents else {}) for i in order]
+        return ranked[:top_k] if top_k is not None else ranked
+
+    # ------------------------------------------------------------------ saving
+
+    def save_pretrained(self, path, *, model_card: str | None = None) -> Path:
+        """A plain transformers folder + the activation where ST 2.x-6.x all look for it; atomic."""
+        from .model_card import cross_encoder_card
+
+        with ckpt.atomic_dir(path) as tmp:
+            self.model.save_pretrained(tmp)
+            config = json.loads((tmp / "config.json").read_text())
+            config["sentence_transformers"] = {"activation_fn": self.activation_fn_name, "version": "4.1.0"}
+            config["sbert_ce_default_activation_function"] = self.activation_fn_name
+            ckpt.write_json(tmp / "config.json", config)
+            old = self.tokenizer.model_max_length
+            self.tokenizer.model_max_length = self.max_length
+            try:
+                self.tokenizer.save_pretrained(tmp)
+            finally:
+                self.tokenizer.model_max_length = old
+            (tmp / "README.md").write_text(model_card or cross_encoder_card(self), encoding="utf-8")
+        return Path(path)

@@ -1,0 +1,201 @@
+"""The cached (GradCache) training step: an in-batch loss over a large batch with the activation memory of
+one mini-batch.
+
+In-batch losses (mnrl, gist, ...) need every embedding of the batch at once, so plain training keeps the
+activations of all B rows of every column alive until backward. GradCache (Gao et al. 2021, "Scaling Deep
+Contrastive Learning Batch Size under Memory Limited Setup", arXiv:2101.06983) splits the step in three:
+
+    1. embed_without_graph      embed every chunk of every column under no_grad, saving each chunk's RNG state
+    2. loss_and_cached_grads    loss on detached leaf embeddings (B, D), backward to them, keep d loss / d emb
+    3. replay_with_cached_grads re-embed each chunk under its saved RNG state (same dropout masks) and
+                                backpropagate sum(emb * cached_grad), one chunk at a time
+
+Peak activation memory is one mini-batch's forward plus the K x (B, D) embeddings and the loss's score
+matrix; the price is a second forward pass. The result (loss and parameter gradients) equals plain
+training that embeds the same chunks with the same dropout masks.
+
+This module owns only the step. It receives `embed` (the model's forward on one chunk) and `loss_fn` (a
+function of the column embeddings, e.g. `lambda e, y: mnrl(e[0], torch.cat(e[1:]))`) and never imports
+the model or the losses. Shape letters: K columns, B batch, b chunk rows, L tokens, D width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import get_device_states, set_device_states
+
+Column = Mapping[str, Any]  # one input column: batch-first tensors (B, ...) plus pass-through values
+Embed = Callable[[dict[str, Any]], Tensor]  # chunk -> (b, D), with grad
+LossFn = Callable[[list[Tensor], Any], Tensor]  # K x (B, D), labels -> scalar
+
+
+# ----------------------------------------------------------------------------- chunks
+
+
+def _batch_size(columns: Sequence[Column]) -> int:
+    """The shared first dim B of every batch-first tensor in every column, or a ValueError naming the odd one."""
+    if not columns:
+        raise ValueError("cached_step needs at least one column")
+    sizes = {}
+    for c, column in enumerate(columns):
+        if not isinstance(column, Mapping):
+            raise ValueError(f"column {c} must be a dict of batch-first tensors, got {type(column).__name__}")
+        for key, value in column.items():
+            if isinstance(value, Tensor) and value.ndim >= 1:
+                sizes[(c, key)] = value.shape[0]
+    if not sizes:
+        raise ValueError("no column holds a batch-first tensor (e.g. input_ids (B, L)) to split into chunks")
+    B = next(iter(sizes.values()))
+    for (c, key), size in sizes.items():
+        if size != B:
+            raise ValueError(f"column {c} {key!r} has {size} rows, but the batch has {B}; every column needs B rows")
+    return B
+
+
+def chunk_ranges(batch_size: int, mini_batch_size: int) -> list[tuple[int, int]]:
+    """[(0, m), (m, 2m), ..., (.., B)]: row ranges of the chunks; the last one may be shorter."""
+    if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be a positive integer, got {mini_batch_size!r}")
+    return [(i, min(i + mini_batch_size, batch_size)) for i in range(0, batch_size, mini_batch_size)]
+
+
+def _chunk(column: Column, begin: int, end: int) -> dict[str, Any]:
+    """Rows [begin, end) of a column, as a fresh dict of fresh tensors.
+
+    Cloned, not viewed: an `embed` that edits its input in place (a mask edit, a popped key; ST #3862)
+    must not change what the replay in stage 3 sees. Token ids are tiny next to the activations.
+    """
+    return {
+        key: value[begin:end].clone() if isinstance(value, Tensor) and value.ndim >= 1 else value
+        for key, value in column.items()
+    }
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+@dataclass
+class RngState:
+    """The CPU RNG state and the CUDA RNG states of the devices a chunk's tensors live on."""
+
+    cpu: Tensor
+    cuda_devices: list[int]
+    cuda_states: list[Tensor]
+
+    @classmethod
+    def capture(cls, chunk: Mapping[str, Any]) -> RngState:
+        tensors = [v for v in chunk.values() if isinstance(v, Tensor)]
+        devices, states = get_device_states(*tensors)  # only CUDA tensors count; ([], []) on CPU
+        return cls(torch.get_rng_state(), devices, states)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        """Run the block from this state; the RNG state outside the block is left as it was."""
+        with torch.random.fork_rng(devices=self.cuda_devices):
+            torch.set_rng_state(self.cpu)
+            set_device_states(self.cuda_devices, self.cuda_states)
+            yield
+
+
+# ----------------------------------------------------------------------------- the three stages
+
+
+def embed_without_graph(
+    embed: Embed, columns: Sequence[Column], ranges: Sequence[tuple[int, int]], save_rng: bool = True
+) -> tuple[list[Tensor], list[list[RngState]]]:
+    """Stage 1: embed every chunk of every column without a graph; return K x (B, D) and the RNG state
+    each chunk started from (K x chunks; empty lists when save_rng is False)."""
+    embeddings, states = [], []
+    with torch.no_grad():
+        for column in columns:
+            parts, column_states = [], []
+            for begin, end in ranges:
+                chunk = _chunk(column, begin, end)
+                if save_rng:
+                    column_states.append(RngState.capture(chunk))
+                parts.append(embed(chunk))  # (b, D)
+            embeddings.append(torch.cat(parts))  # (B, D)
+            states.append(column_states)
+    return embeddings, states
+
+
+def loss_and_cached_grads(
+    embeddings: Sequence[Tensor], loss_fn: LossFn, labels: Any = None, loss_scale: float = 1.0
+) -> tuple[Tensor, list[Tensor]]:
+    """Stage 2: the loss on detached float32 leaves and d(loss_scale * loss)/d embeddings, K x (B, D).
+
+    The leaves are float32 even when the model runs in bf16: the loss upcasts anyway, and the cached
+    gradient then keeps full precision until it meets the model's bf16 output in stage 3.
+    """
+    leaves = [e.detach().float().requires_grad_() for e in embeddings]  # K x (B, D)
+    with torch.enable_grad():
+        loss = loss_fn(leaves, labels)
+        (loss * loss_scale).backward()
+    grads = []
+    for k, leaf in enumerate(leaves):
+        if leaf.grad is None:
+            raise ValueError(f"loss_fn does not use column {k}; drop it from columns instead of embedding it twice")
+        grads.append(leaf.grad)
+    return loss.detach(), grads
+
+
+def replay_with_cached_grads(
+    embed: Embed,
+    columns: Sequence[Column],
+    ranges: Sequence[tuple[int, int]],
+    states: Sequence[Sequence[RngState]],
+    grads: Sequence[Tensor],
+) -> None:
+    """Stage 3: re-embed each chunk from its saved RNG state and backpropagate its cached gradient.
+
+    d/dθ sum(emb(θ) * g) = g · d emb/dθ, the chain rule with g = d loss / d emb held fixed. The product is
+    taken in float32 so bf16 embeddings neither overflow nor lose the gradient's precision (ST PR #3862).
+    Each chunk's graph is freed by its own backward, so only one chunk's activations are alive at a time.
+    """
+    for column, column_states, grad in zip(columns, states, grads):
+        for (begin, end), state in zip(ranges, column_states):
+            with state.restored():
+                reps = embed(_chunk(column, begin, end))  # (b, D)
+            surrogate = (reps.float() * grad[begin:end]).sum()
+            surrogate.backward()
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def cached_step(
+    embed: Embed,
+    columns: Sequence[Column],
+    loss_fn: LossFn,
+    mini_batch_size: int,
+    *,
+    labels: Any = None,
+    loss_scale: float = 1.0,
+) -> Tensor:
+    """One GradCache step: embeds `columns` in chunks of `mini_batch_size` rows, computes
+    `loss_fn(embeddings, labels)` and accumulates the parameter gradients of `loss_scale * loss` (e.g.
+    loss_scale = 1 / accumulation_steps) into `.grad`, with the memory of one chunk. Returns the detached,
+    unscaled loss; the caller must not call backward on it.
+
+    embed(chunk) -> (b, D): the model's forward with grad on one chunk (may use autocast inside).
+    columns: K dicts of batch-first tensors with the same first dim B (e.g. input_ids (B, L)); a chunk is
+        {key: value[i:j]}; non-tensor (and 0-d tensor) values are passed unchanged to every chunk.
+    loss_fn(embeddings, labels) -> scalar: the loss on the K column embeddings, each (B, D).
+
+    With grad disabled (evaluation) it only embeds in chunks and returns the loss: no RNG snapshots and
+    no backward (ST #2667).
+    """
+    ranges = chunk_ranges(_batch_size(columns), mini_batch_size)
+    if not torch.is_grad_enabled():
+        embeddings, _ = embed_without_graph(embed, columns, ranges, save_rng=False)
+        return loss_fn(embeddings, labels).detach()
+    embeddings, states = embed_without_graph(embed, columns, ranges)
+    loss, grads = loss_and_cached_grads(embeddings, loss_fn, labels, loss_scale)
+    replay_with_cached_grads(embed, columns, ranges, states, grads)
+    return loss
