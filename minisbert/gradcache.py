@@ -82,7 +82,11 @@ def _chunk(column: Column, begin: int, end: int) -> dict[str, Any]:
 
 @dataclass
 class RngState:
-    """The CPU RNG state and the CUDA RNG states of the devices a chunk's tensors live on."""
+    """The CPU RNG state and the CUDA RNG states of the devices a chunk's tensors live on.
+
+    The chunk's tensors must be on the model's device (as the model needs them anyway): a CUDA device is
+    found through them, as in GradCache and ST's RandContext.
+    """
 
     cpu: Tensor
     cuda_devices: list[int]
