@@ -437,7 +437,7 @@ def matryoshka(loss_fn: Callable[..., Tensor], dims: Sequence[int], weights: Seq
     tensor with ndim >= 2 (also inside a list/tuple argument, so a cached-step loss `lambda e, y: ...`
     works), except arguments whose parameter name starts with "guide_" (gist's guide embeddings keep
     their width, as in ST, which never truncates the guide). Labels/scores (ndim 1), ids and other
-    values pass through. Like ST's `shrink`, truncated embeddings are re-normalized (also at the full
+    values pass through; 2-D float labels (teacher embeddings for distillation) are cut too, as in ST. Like ST's `shrink`, truncated embeddings are re-normalized (also at the full
     width), which changes nothing for cosine-based losses but makes e.g. euclidean triplet work on unit
     vectors.
 
@@ -456,42 +456,44 @@ def matryoshka(loss_fn: Callable[..., Tensor], dims: Sequence[int], weights: Seq
     dims_weights = sorted(zip(dims, weights), key=lambda dw: dw[0], reverse=True)
     try:
         signature = inspect.signature(loss_fn)
-    except (TypeError, ValueError):  # builtins without a signature: every argument is a candidate
+    except (TypeError, ValueError):  # no signature (a builtin): arguments are named by position
         signature = None
 
     def shrink(name: str, x, d: int):
+        """One argument at width d: embeddings truncated and re-normalized, the rest unchanged."""
+        if name.startswith("guide_"):
+            return x
         if isinstance(x, (list, tuple)):
             return type(x)(shrink(name, v, d) for v in x)
         if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2):
             return x
         if d > x.shape[-1]:
             raise ValueError(f"matryoshka dim {d} is larger than the width {x.shape[-1]} of argument {name!r}")
-        return F.normalize(x[..., :d], p=2, dim=-1)
+        return F.normalize(x[..., :d], p=2, dim=-1)  # ST's shrink
 
-    @functools.wraps(loss_fn)
+    def at_width(args, kwargs, d: int):
+        if signature is None:
+            return [shrink(f"argument {i}", a, d) for i, a in enumerate(args)], {
+                k: shrink(k, v, d) for k, v in kwargs.items()
+            }
+        bound = signature.bind(*args, **kwargs)
+        for name, value in list(bound.arguments.items()):
+            if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:  # **kwargs: by their own names
+                bound.arguments[name] = {k: shrink(k, v, d) for k, v in value.items()}
+            else:
+                bound.arguments[name] = shrink(name, value, d)
+        return bound.args, bound.kwargs
+
+    @functools.wraps(loss_fn)  # keeps loss_fn's signature, so matryoshka(matryoshka(f, ...), ...) works
     @_float32
     def loss(*args, **kwargs):
-        if signature is None:
-            named = [(f"argument {i}", a) for i, a in enumerate(args)]
-        else:
-            bound = signature.bind(*args, **kwargs)
-            named = [(n, bound.arguments[n]) for n in bound.arguments]
         total = 0.0
         for d, w in dims_weights:
-            if signature is None:
-                call_args = [shrink(n, a, d) for n, a in named]
-                call_kwargs = {k: v if k.startswith("guide_") else shrink(k, v, d) for k, v in kwargs.items()}
-            else:
-                for n, v in named:
-                    kind = signature.parameters[n].kind
-                    if kind is inspect.Parameter.VAR_KEYWORD:
-                        bound.arguments[n] = {k: x if k.startswith("guide_") else shrink(k, x, d) for k, x in v.items()}
-                    elif not n.startswith("guide_"):
-                        bound.arguments[n] = shrink(n, v, d)
-                call_args, call_kwargs = bound.args, bound.kwargs
+            call_args, call_kwargs = at_width(args, kwargs, d)
             total = total + w * loss_fn(*call_args, **call_kwargs)
         return total
 
+    loss.__name__ = loss.__qualname__ = f"matryoshka_{getattr(loss_fn, '__name__', 'loss')}"
     return loss
 
 
