@@ -7,6 +7,7 @@ report the count once per call or run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,27 @@ import torch
 from .checkpoint import ModelLoadError, check_safetensors, weight_files
 
 logger = logging.getLogger("minisbert")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
 
 
 def default_device(device=None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' per-tensor progress bars ("Loading weights", "Writing model shards")."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def load_backbone(folder: Path, auto_class, *, allow_pickle: bool, dtype=None, **kwargs):
@@ -37,13 +53,10 @@ def load_backbone(folder: Path, auto_class, *, allow_pickle: bool, dtype=None, *
     else:
         files = weight_files(folder, allow_pickle)  # refuses pickle-only folders unless allowed
         allow_pickle = allow_pickle and files[0].suffix == ".bin"
-    from transformers.utils import logging as hf_logging
-
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load is noise
     try:
-        config = AutoConfig.from_pretrained(folder, **kwargs.pop("config_kwargs", {}))
-        model = auto_class.from_pretrained(folder, config=config, use_safetensors=not allow_pickle, **kwargs)
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(folder, **kwargs.pop("config_kwargs", {}))
+            model = auto_class.from_pretrained(folder, config=config, use_safetensors=not allow_pickle, **kwargs)
     except ModelLoadError:
         raise
     except Exception as e:
@@ -53,15 +66,18 @@ def load_backbone(folder: Path, auto_class, *, allow_pickle: bool, dtype=None, *
             f"{first[0] if first else ''}{' ...' if len(first) > 1 else ''} "
             f"(check that config.json matches the weights)"
         ) from e
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
     return model.to(dtype) if dtype is not None else model
 
 
 def load_tokenizer(folder: Path, *, do_lower_case: bool = False):
     from transformers import AutoTokenizer
 
+    # transformers 5 silently builds an empty vocabulary when these are missing: refuse instead.
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder} has no tokenizer files: expected one of {', '.join(TOKENIZER_FILES)} "
+            f"(save the tokenizer with the model)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as e:

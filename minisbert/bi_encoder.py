@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .backbone import (
-    Truncation, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
+    Truncation, logger, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
+    quiet_transformers,
 )
 from .pooling import MODES, pool
 from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
@@ -86,7 +87,9 @@ class BiEncoder(nn.Module):
             raise ValueError(f"unknown similarity_fn_name {similarity_fn_name!r}; expected one of {list(SIMILARITY_FUNCTIONS)}")
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.pooling = [m for m in MODES if m in pooling]
+        # Concatenation order: as given (a 5.4+ folder lists it); a set of modes is better sorted by the
+        # caller into MODES order, the only order ST's legacy pooling config can express.
+        self.pooling = list(dict.fromkeys(pooling))
         self.include_prompt = include_prompt
         self.dense = nn.ModuleList(dense)
         self.normalize = normalize
@@ -128,7 +131,10 @@ class BiEncoder(nn.Module):
         backbone = load_backbone(sub, AutoModel, allow_pickle=allow_pickle, dtype=dtype)
         tokenizer = load_tokenizer(sub, do_lower_case=spec["do_lower_case"])
         saved_pool = spec["pooling"] or {}
-        if pooling is None:
+        if pooling is not None:  # the user's set of modes, concatenated in ST's canonical order
+            pooling = [pooling] if isinstance(pooling, str) else list(pooling)
+            pooling = [m for m in MODES if m in pooling] + [m for m in pooling if m not in MODES]
+        else:
             causal = any(a.endswith("ForCausalLM") for a in (backbone.config.architectures or []))
             pooling = saved_pool.get("modes") or (["lasttoken"] if causal else ["mean"])
         hidden = backbone.config.hidden_size
@@ -287,7 +293,8 @@ class BiEncoder(nn.Module):
         from .model_card import bi_encoder_card
 
         with ckpt.atomic_dir(path) as tmp:
-            self.backbone.save_pretrained(tmp)
+            with quiet_transformers():
+                self.backbone.save_pretrained(tmp)
             old = self.tokenizer.model_max_length
             self.tokenizer.model_max_length = self.max_length
             try:
@@ -298,9 +305,15 @@ class BiEncoder(nn.Module):
             modules = [{"idx": 0, "name": "0", "path": "", "type": ckpt.LEGACY_TYPE["Transformer"]}]
             pool_dir = tmp / "1_Pooling"
             pool_dir.mkdir()
-            pool_cfg = {"word_embedding_dimension": self.backbone.config.hidden_size}
-            pool_cfg.update({key: mode in self.pooling for key, mode in ckpt.LEGACY_POOLING_KEYS.items()})
-            pool_cfg["include_prompt"] = self.include_prompt
+            if self.pooling == [m for m in MODES if m in self.pooling]:
+                pool_cfg = {"word_embedding_dimension": self.backbone.config.hidden_size}
+                pool_cfg.update({key: mode in self.pooling for key, mode in ckpt.LEGACY_POOLING_KEYS.items()})
+                pool_cfg["include_prompt"] = self.include_prompt
+            else:  # only ST >= 5.4 can express a non-canonical concatenation order
+                logger.warning("pooling order %s is not ST's canonical order %s: writing the ST 5.4+ pooling config, "
+                               "which ST < 5.4 cannot read", self.pooling, [m for m in MODES if m in self.pooling])
+                pool_cfg = {"embedding_dimension": self.backbone.config.hidden_size, "pooling_mode": self.pooling,
+                            "include_prompt": self.include_prompt}
             ckpt.write_json(pool_dir / "config.json", pool_cfg, indent=4)
             modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": ckpt.LEGACY_TYPE["Pooling"]})
             for layer in self.dense:

@@ -161,7 +161,8 @@ def read_pooling_config(cfg: dict, path: Path) -> dict:
     if bad:
         raise ModelLoadError(f"{path}: unknown pooling mode {bad}; expected one of {list(MODES)}")
     dim = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension"))
-    return {"modes": [m for m in MODES if m in modes], "include_prompt": bool(cfg.get("include_prompt", True)), "dim": dim}
+    # ST 5.4+ concatenates in the listed order; the legacy booleans imply MODES order.
+    return {"modes": modes, "include_prompt": bool(cfg.get("include_prompt", True)), "dim": dim}
 
 
 def read_sentence_transformer(folder: Path, allow_pickle: bool = False) -> dict:

@@ -22,6 +22,7 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from .backbone import (
     Truncation, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
+    quiet_transformers,
 )
 from .bi_encoder import activation_from_path
 
@@ -172,7 +173,8 @@ class CrossEncoder(nn.Module):
         from .model_card import cross_encoder_card
 
         with ckpt.atomic_dir(path) as tmp:
-            self.model.save_pretrained(tmp)
+            with quiet_transformers():
+                self.model.save_pretrained(tmp)
             config = json.loads((tmp / "config.json").read_text())
             config["sentence_transformers"] = {"activation_fn": self.activation_fn_name, "version": "4.1.0"}
             config["sbert_ce_default_activation_function"] = self.activation_fn_name

@@ -10,7 +10,8 @@ minisbert and ST give the same numbers for the same hidden states:
     weightedmean           sum_t H m w / sum_t m w,  w_t = t + 1 - (left padding of row b)
     lasttoken              H[b, last attended position] (a zero vector for an all-pad row)
 
-Several modes concatenate along the last dim, in the fixed order of `MODES` (ST's order).
+Several modes concatenate along the last dim in the order given (ST 5.4+ lists it; the legacy
+config implies the fixed order of `MODES`).
 `include_prompt=False` drops the first `prompt_length` attended tokens from the mask, on a
 copy: mutating the caller's mask broke ST's GradCache replay (ST PR #3862).
 
@@ -60,7 +61,7 @@ def pool(
     original = mask
     if not include_prompt:
         mask = exclude_prompt(mask, prompt_length)
-    outs = [_POOLERS[m](hidden, mask, original) for m in MODES if m in modes]
+    outs = [_POOLERS[m](hidden, mask, original) for m in modes]
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)  # (B, k*D)
 
 
