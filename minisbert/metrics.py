@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +146,9 @@ def map_at_k(gains: torch.Tensor, num_relevant: torch.Tensor, k: int) -> torch.T
 
 
 def _as_1d(x) -> torch.Tensor:
-    return torch.as_tensor(x).reshape(-1).double()
+    # Through numpy so a list of Python floats stays float64 (torch.as_tensor would make it float32).
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t.reshape(-1).double()
 
 
 def reciprocal_rank(relevance, scores, k: int) -> float:

@@ -207,6 +207,9 @@ def test_pearson_spearman_match_scipy():
     assert M.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
     assert M.spearman(x, y_tied) == pytest.approx(stats.spearmanr(x, y_tied)[0], abs=1e-12)
     assert M.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    # gold scores as a list of Python floats keep float64 precision (0.2 is not a float32)
+    gold = [float(v) for v in np.round(rng.random(300) * 5) / 5]
+    assert M.pearson(gold, x) == pytest.approx(stats.pearsonr(gold, x)[0], abs=1e-14)
 
 
 # ----------------------------------------------------------------------------------------------
