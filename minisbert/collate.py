@@ -1,0 +1,111 @@
+"""Text columns -> token ids once, before training; row indices -> padded feature dicts per batch.
+
+Tokenization is kept off the training step's critical path: every text column is tokenized once
+up front, unpadded and truncated to the model's max_length, and stored as one flat int array
+plus row offsets. A batch then only gathers its rows and pads them to the longest row of the
+batch, which is what `BiEncoder.tokenize` / `CrossEncoder.tokenize` would produce for the same
+texts (tests pin this).
+
+    TokenizedColumn      the token ids of one column (or of one (query, document) pair column)
+    tokenize_column      texts [+ a prompt] -> TokenizedColumn, counting truncated inputs
+    tokenize_pairs       two text columns -> one TokenizedColumn of pairs (cross-encoders)
+    collate              TokenizedColumn + row indices -> {"input_ids" (b, L), "attention_mask" (b, L), ...}
+
+The model decides which keys it takes (e.g. no token_type_ids for XLM-R): `feature_keys(model)`
+asks its own `tokenize`. Shapes: b rows of a batch, L the longest row of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backbone import Truncation
+
+
+@dataclass
+class TokenizedColumn:
+    """Unpadded token ids of N rows: row i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray  # (total tokens,) int64
+    type_ids: np.ndarray | None  # (total tokens,) token_type_ids, or None when the model takes none
+    offsets: np.ndarray  # (N + 1,) int64
+    keys: tuple[str, ...]  # the features the model's forward takes: input_ids, attention_mask[, token_type_ids]
+    pad_id: int
+    pad_type_id: int
+    padding_side: str
+    prompt_length: int = 0  # tokens of the training prompt (bi-encoders; pooling may exclude them)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def feature_keys(model) -> tuple[str, ...]:
+    """The tensor features `model.tokenize` returns (and its forward reads), in order."""
+    from .cross_encoder import CrossEncoder
+
+    probe = model.tokenize([("a", "b")]) if isinstance(model, CrossEncoder) else model.tokenize(["a"])
+    return tuple(k for k, v in probe.items() if isinstance(v, torch.Tensor))
+
+
+def _pack(encoded, keys, tokenizer, prompt_length: int) -> TokenizedColumn:
+    rows = encoded["input_ids"]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = lambda lists: np.fromiter((t for r in lists for t in r), dtype=np.int64, count=int(offsets[-1]))  # noqa: E731
+    type_ids = flat(encoded["token_type_ids"]) if "token_type_ids" in keys else None
+    return TokenizedColumn(
+        ids=flat(rows), type_ids=type_ids, offsets=offsets, keys=tuple(keys),
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        pad_type_id=getattr(tokenizer, "pad_token_type_id", 0), padding_side=tokenizer.padding_side,
+        prompt_length=prompt_length,
+    )
+
+
+def tokenize_column(model, texts, *, prompt: str | None = None, truncation: Truncation | None = None) -> TokenizedColumn:
+    """One text column of a bi-encoder's data, with the training prompt prepended (as ST's collator)."""
+    if prompt:
+        texts = [prompt + t for t in texts]
+    encoded = model.tokenizer(list(texts), padding=False, truncation="longest_first", max_length=model.max_length)
+    if truncation is not None:
+        truncation.max_length = model.max_length
+        truncation.add(encoded)
+    return _pack(encoded, feature_keys(model), model.tokenizer, model.prompt_length(prompt))
+
+
+def tokenize_pairs(model, queries, documents, *, truncation: Truncation | None = None) -> TokenizedColumn:
+    """(query, document) pairs for a cross-encoder: one column of joint inputs."""
+    encoded = model.tokenizer(
+        list(queries), list(documents), padding=False, truncation="longest_first", max_length=model.max_length
+    )
+    if truncation is not None:
+        truncation.max_length = model.max_length
+        truncation.add(encoded)
+    return _pack(encoded, feature_keys(model), model.tokenizer, 0)
+
+
+def collate(column: TokenizedColumn, indices) -> dict:
+    """Rows `indices` of a column, padded to their longest: {"input_ids" (b, L), "attention_mask" (b, L), ...}."""
+    indices = np.asarray(indices, dtype=np.int64)
+    starts, ends = column.offsets[indices], column.offsets[indices + 1]
+    lengths = ends - starts  # (b,)
+    b, L = len(indices), int(lengths.max()) if len(indices) else 0
+    input_ids = np.full((b, L), column.pad_id, dtype=np.int64)
+    mask = np.zeros((b, L), dtype=np.int64)
+    type_ids = np.full((b, L), column.pad_type_id, dtype=np.int64) if column.type_ids is not None else None
+    for r, (s, e, n) in enumerate(zip(starts, ends, lengths)):
+        cols = slice(0, n) if column.padding_side == "right" else slice(L - n, L)
+        input_ids[r, cols] = column.ids[s:e]
+        mask[r, cols] = 1
+        if type_ids is not None:
+            type_ids[r, cols] = column.type_ids[s:e]
+    arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
+    features = {k: torch.from_numpy(arrays[k]) for k in column.keys}
+    features["prompt_length"] = column.prompt_length
+    return features
