@@ -22,7 +22,8 @@ corpus by id first), so a corpus can be scored in chunks with only (Q, K) kept b
 
 Reranking (ST's RerankingEvaluator / CrossEncoderRerankingEvaluator call sklearn):
 `average_precision` = sklearn.metrics.average_precision_score, `ndcg` = sklearn.metrics.ndcg_score
-(tied scores share their averaged gain), `reciprocal_rank` = ST's loop.
+(tied scores share their averaged gain), `reciprocal_rank` = ST's loop, with ST's own sort call
+for the order among tied scores when asked (ST leaves that order to numpy / torch).
 
 Correlation: `pearson`, `spearman` (average ranks for ties) = scipy.stats.pearsonr / spearmanr.
 Classification / clustering: `accuracy`, `f1_macro`, `v_measure` = sklearn's; `logistic_regression`
@@ -151,14 +152,26 @@ def _as_1d(x) -> torch.Tensor:
     return t.reshape(-1).double()
 
 
-def reciprocal_rank(relevance, scores, k: int) -> float:
+def reciprocal_rank(relevance, scores, k: int, tie_order: str = "pessimistic") -> float:
     """1 / (1-based rank of the first relevant candidate among the top k by score), else 0.
 
-    ST sorts with np.argsort / torch.argsort, whose order among tied scores is unspecified. Here a
-    tie is broken pessimistically (irrelevant candidates first), so a constant scorer gets no credit.
+    ST sorts with np.argsort / torch.argsort, whose order among tied scores is unspecified (numpy's
+    SIMD sort is not stable even for 5 elements). `tie_order` picks the order among ties:
+    "pessimistic" (irrelevant first, so a constant scorer gets no credit), or "numpy" /
+    "torch", which make ST's own call - `np.argsort(scores)[::-1]` (CrossEncoderRerankingEvaluator)
+    or `torch.argsort(-scores)` (RerankingEvaluator) - on the scores in their own dtype, so the
+    result equals ST's with the same numpy / torch build.
     """
-    relevance, scores = _as_1d(relevance), _as_1d(scores)
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i].item(), relevance[i].item() > 0, i))
+    relevance = _as_1d(relevance)
+    if tie_order == "numpy":
+        order = np.argsort(np.asarray(scores.numpy() if isinstance(scores, torch.Tensor) else scores))[::-1].tolist()
+    elif tie_order == "torch":
+        order = torch.argsort(-torch.as_tensor(np.asarray(scores) if not isinstance(scores, torch.Tensor) else scores)).tolist()
+    elif tie_order == "pessimistic":
+        s = _as_1d(scores).tolist()
+        order = sorted(range(len(s)), key=lambda i: (-s[i], relevance[i].item() > 0, i))
+    else:
+        raise ValueError(f"tie_order must be 'pessimistic', 'numpy' or 'torch', got {tie_order!r}")
     for rank, i in enumerate(order[:k]):
         if relevance[i] > 0:
             return 1.0 / (rank + 1)

@@ -163,10 +163,22 @@ def test_average_precision_and_ndcg_by_hand():
     assert M.ndcg([0, 0, 0], [0.3, 0.2, 0.1]) == 0.0
 
 
-def test_reciprocal_rank_ties_are_pessimistic():
+def test_reciprocal_rank_by_hand_and_tie_orders():
     assert M.reciprocal_rank([0, 1, 0], [0.9, 0.8, 0.1], k=10) == 0.5
-    assert M.reciprocal_rank([1, 0, 0], [0.5, 0.5, 0.5], k=10) == pytest.approx(1 / 3)
+    assert M.reciprocal_rank([1, 0, 0], [0.5, 0.5, 0.5], k=10) == pytest.approx(1 / 3)  # pessimistic
     assert M.reciprocal_rank([0, 0, 1], [0.9, 0.8, 0.1], k=2) == 0.0
+    # "numpy" / "torch" make ST's own sort calls, whatever order they give tied scores
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        scores = (rng.integers(0, 3, 12) / 2).astype(np.float32)
+        rel = rng.integers(0, 2, 12)
+        first = next((r for r, i in enumerate(np.argsort(scores)[::-1][:10]) if rel[i]), None)
+        assert M.reciprocal_rank(rel, scores, 10, tie_order="numpy") == (0.0 if first is None else 1 / (first + 1))
+        t = torch.tensor(scores)
+        first = next((r for r, i in enumerate(torch.argsort(-t)[:10].tolist()) if rel[i]), None)
+        assert M.reciprocal_rank(rel, t, 10, tie_order="torch") == (0.0 if first is None else 1 / (first + 1))
+    with pytest.raises(ValueError, match="tie_order"):
+        M.reciprocal_rank([1], [1.0], 1, tie_order="random")
 
 
 def test_reranking_metrics_match_sklearn_on_random_lists_with_ties():
