@@ -360,18 +360,24 @@ class RetrievalEvaluator(Evaluator):
         for start in range(0, len(self.corpus), self.corpus_chunk_size):
             c_emb = encode(model, self.corpus[start:start + self.corpus_chunk_size], role="document",
                            prompt=self.corpus_prompt, prompt_name=self.corpus_prompt_name, **encode_kwargs)
-            # Bound the (queries x chunk) score block to ~2^25 floats by scoring queries in slices.
-            rows = max(1, 2**25 // len(c_emb))
+            # Score queries in slices so the (queries x chunk) score block stays under ~2^24 floats.
+            rows = max(1, 2**24 // len(c_emb))
             for d, _ in self.dims:
                 c = truncate(c_emb.to(q_emb.device), d, self.normalize_embeddings)  # (C, d)
                 for fn in fn_names:
+                    # cosine = normalize(q) @ normalize(c).T: normalise the chunk once, not once per slice
+                    # (the same operations as similarity("cosine"), so the same floats).
+                    q_fn, c_fn, fn_score = (F.normalize(q_by_dim[d], p=2, dim=-1), F.normalize(c, p=2, dim=-1), "dot") if fn == "cosine" else (q_by_dim[d], c, fn)
                     values, indices = [], []
                     for r in range(0, len(q_emb), rows):
-                        scores = similarity(fn)(q_by_dim[d][r:r + rows], c)  # (rows, C)
+                        scores = similarity(fn_score)(q_fn[r:r + rows], c_fn)  # (rows, C)
                         v, i = M.topk_by_score_then_index(scores, self.max_k, offset=start)
+                        del scores
                         values.append(v)
                         indices.append(i)
+                    del c_fn
                     top[d, fn] = M.merge_topk(*top[d, fn], torch.cat(values), torch.cat(indices), self.max_k)
+            del c_emb, c
         return {key: idx.cpu() for key, (_, idx) in top.items()}
 
     def gains(self, indices: torch.Tensor) -> torch.Tensor:
