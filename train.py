@@ -39,6 +39,23 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+from minisbert import evaluation, losses, training
+from minisbert.backbone import Truncation
+from minisbert.bi_encoder import BiEncoder
+from minisbert.collate import collate, tokenize_column, tokenize_pairs
+from minisbert.cross_encoder import CrossEncoder
+from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
+from minisbert.gradcache import cached_step
+from minisbert.model_card import bi_encoder_card, cross_encoder_card
+from minisbert.training import (
+    CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
+    NonFiniteLoss,
+)
+
 HERE = Path(__file__).resolve().parent
 SHIPPED_TRAIN = HERE / "examples" / "data" / "nli-triplets-small.jsonl"
 SHIPPED_DEV = HERE / "examples" / "data" / "nli-triplets-dev-small.jsonl"
@@ -112,11 +129,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------
 # config: defaults <- --config file <- flags, then checks that need nothing loaded
 
-from minisbert.training import (  # noqa: E402  (after TrainConfig, which `--help` needs without torch)
-    CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
-    NonFiniteLoss,
-)
-
 DATASET_KEYS = ("path", "name", "loss", "columns", "label_column", "limit", "prompts", "label_map")
 
 
@@ -143,10 +155,13 @@ def _base_type(annotation: str) -> str:
 
 
 def parse_args(argv=None) -> TrainConfig:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
+    description, epilog = __doc__.split("\n\n", 1)
+    parser = argparse.ArgumentParser(description=description, epilog=epilog, argument_default=argparse.SUPPRESS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=str, help="JSON file with any of these fields; flags override it")
     for f in fields(TrainConfig):
-        parser.add_argument(f"--{f.name}", help=f"{f.metadata['help']} [default: {f.default}]", **_ARGPARSE[_base_type(f.type)])
+        default = "" if f.default is None else f" [default: {f.default}]"
+        parser.add_argument(f"--{f.name}", help=f.metadata["help"] + default, **_ARGPARSE[_base_type(f.type)])
     given = vars(parser.parse_args(argv))
     values = {}
     if "config" in given:
@@ -297,21 +312,7 @@ class Task:
 
 
 def main(cfg: TrainConfig) -> dict:
-    import torch
-    from tqdm.auto import tqdm
-
-    from minisbert import losses, training
-    from minisbert.backbone import Truncation
-    from minisbert.bi_encoder import BiEncoder
-    from minisbert.collate import collate, tokenize_column, tokenize_pairs
-    from minisbert.cross_encoder import CrossEncoder
-    from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
-    from minisbert.gradcache import cached_step
-    from minisbert.model_card import bi_encoder_card, cross_encoder_card
-
     say = tqdm.write  # prints above the progress bar
-    import transformers
-
     transformers.utils.logging.disable_progress_bar()  # no bar per checkpoint save; ours shows the progress
 
     # ------------------------------------------------------------------ setup
@@ -321,13 +322,11 @@ def main(cfg: TrainConfig) -> dict:
     if any(cross) and not all(cross):
         raise ConfigError("--datasets mixes cross-encoder losses (bce, listwise) with bi-encoder losses; one run trains one model")
     is_cross = all(cross)
-    if is_cross and any(s["loss"] == "matryoshka" for s in specs):
-        raise ConfigError("--loss matryoshka wraps embedding losses; bce and listwise train a cross-encoder")
     if any(base_loss(cfg, s["loss"]) == "gist" for s in specs) and not cfg.guide_model:
         raise ConfigError("--loss gist needs --guide_model PATH (a frozen bi-encoder that spots false negatives)")
     if is_cross and (cfg.prompts or any(s["prompts"] for s in specs)):
         raise ConfigError("--prompts apply to bi-encoders; a cross-encoder reads (query, document) pairs as they are")
-    output_dir = Path(cfg.output_dir or HERE / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if cfg.resume is None and ((output_dir / "final").exists() or training.checkpoints(output_dir)):
         raise ConfigError(f"--output_dir {output_dir} already holds a run; pass --resume latest to continue it, or another --output_dir")
     resume_dir = training.find_resume(cfg.resume, output_dir) if cfg.resume else None
@@ -630,9 +629,7 @@ def _default_model() -> Path:
 
 
 def _nonfinite(what: str, step: int, dataset: str | None, output_dir: Path) -> str:
-    from minisbert.training import checkpoints
-
-    found = checkpoints(output_dir)
+    found = training.checkpoints(output_dir)
     last = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was saved yet"
     where = f" on dataset {dataset!r}" if dataset else ""
     return (f"training stopped at step {step}{where}: {what}. Try a lower --learning_rate, --dtype fp32 or "
@@ -641,36 +638,34 @@ def _nonfinite(what: str, step: int, dataset: str | None, output_dir: Path) -> s
 
 def _make_evaluator(entry: str, is_cross: bool, dims):
     """`[name=]path` -> the evaluator that reads that layout (see --eval_data)."""
-    from minisbert import evaluation as E
-
     name, path = (entry.split("=", 1) if "=" in entry and not Path(entry).exists() else (None, entry))
     path = Path(path)
     name = name or path.stem
     if not path.exists():
         raise ConfigError(f"--eval_data {entry}: {path} does not exist")
-    matryoshka = {} if is_cross else {"matryoshka_dims": dims}
+    dims_kw = {} if is_cross else {"matryoshka_dims": dims}
     if path.is_dir() and (path / "corpus.jsonl").exists():
         if is_cross:
             raise ConfigError(f"--eval_data {entry}: a BEIR retrieval folder evaluates bi-encoders; use reranking samples")
         split = "dev" if (path / "qrels" / "dev.tsv").exists() else "test"
-        return E.RetrievalEvaluator.from_beir(path, split, name=name, **matryoshka)
+        return evaluation.RetrievalEvaluator.from_beir(path, split, name=name, **dims_kw)
     if path.is_dir():
-        path = E.split_file(path, "dev" if any(path.glob("dev.*")) else "test")
-    rows = E.read_rows(path)
+        path = evaluation.split_file(path, "dev" if any(path.glob("dev.*")) else "test")
+    rows = evaluation.read_rows(path)
     if not rows:
         raise ConfigError(f"--eval_data {entry}: {path} has no rows")
     keys = set(rows[0])
     if {"query", "positive"} <= keys and ("negative" in keys or "documents" in keys):
         if is_cross:
-            return E.CrossEncoderRerankingEvaluator(E.read_rerank_samples(path), name=name)
-        return E.RerankingEvaluator(E.read_rerank_samples(path), name=name)
+            return evaluation.CrossEncoderRerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
+        return evaluation.RerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
     if is_cross:
         raise ConfigError(f"--eval_data {entry}: a cross-encoder is evaluated on reranking samples "
                           f"(query, positive, negative lists); {path} has columns {sorted(keys)}")
     if {"anchor", "positive", "negative"} <= keys:
-        return E.TripletEvaluator.from_file(path, name=name, **matryoshka)
+        return evaluation.TripletEvaluator.from_file(path, name=name, **dims_kw)
     if {"sentence1", "sentence2"} <= keys and ({"score"} & keys):
-        return E.STSEvaluator.from_file(path, name=name, **matryoshka)
+        return evaluation.STSEvaluator.from_file(path, name=name, **dims_kw)
     raise ConfigError(f"--eval_data {entry}: cannot tell the evaluator from the columns {sorted(keys)} of {path}; expected "
                       "anchor/positive/negative (triplets), sentence1/sentence2/score (STS), query/positive/negative lists "
                       "(reranking) or a BEIR folder")

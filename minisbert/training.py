@@ -176,9 +176,9 @@ def lr_multiplier(schedule: str, step: int, total_steps: int, warmup_steps: int)
         return step / max(1, warmup_steps)
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if schedule == "linear":
-        return max(0.0, 1.0 - progress)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if schedule == "cosine":
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     raise ConfigError(f"--lr_scheduler_type {schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}")

@@ -408,3 +408,32 @@ def test_unknown_flags_and_bad_config_files(tmp_path, capsys):
     wrong_type.write_text(json.dumps({"batch_size": "32"}))
     with pytest.raises(training.ConfigError, match="--batch_size must be int, got '32'"):
         main(train.parse_args(["--config", str(wrong_type)]))
+
+
+def test_eval_data_layouts_pick_their_evaluator(models, data, tmp_path):
+    from minisbert import BiEncoder, evaluation
+
+    rows = [json.loads(line) for line in data["triplets"].read_text().splitlines()]
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    _write(beir / "corpus.jsonl", [{"_id": f"d{i}", "title": "", "text": r["positive"]} for i, r in enumerate(rows)])
+    _write(beir / "queries.jsonl", [{"_id": f"q{i}", "text": r["anchor"]} for i, r in enumerate(rows)])
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(len(rows))))
+    rerank = _write(tmp_path / "rerank.jsonl", [{"query": r["anchor"], "positive": [r["positive"]], "negative": [r["negative"]]} for r in rows])
+    model = BiEncoder.from_pretrained(models["tiny"])
+    expected = {"triplets": (data["triplets"], evaluation.TripletEvaluator, "trip_cosine_accuracy"),
+                "sts": (data["scored"], evaluation.STSEvaluator, "trip_spearman_cosine"),
+                "beir": (beir, evaluation.RetrievalEvaluator, "trip_cosine_ndcg@10"),
+                "rerank": (rerank, evaluation.RerankingEvaluator, "trip_ndcg@10")}
+    for path, cls, key in expected.values():
+        evaluator = train._make_evaluator(f"trip={path}", False, None)
+        assert type(evaluator) is cls and key in evaluator(model)
+    dims = train._make_evaluator(str(data["triplets"]), False, [32, 16])(model)
+    assert set(dims) == {"triplets_dim_32_cosine_accuracy", "triplets_dim_16_cosine_accuracy"}
+    with pytest.raises(training.ConfigError, match="cannot tell the evaluator from the columns"):
+        train._make_evaluator(str(data["pairs"]), False, None)
+
+    cfg = config(models, data, tmp_path / "ce", loss="listwise", max_steps=3, eval_data=[f"rr={rerank}"],
+                 metric_for_best_model="rr_ndcg@10")
+    final = main(cfg)
+    assert {"eval_rr_ndcg@10", "eval_rr_map", "eval_rr_mrr@10"} <= set(final)

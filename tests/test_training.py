@@ -1,0 +1,269 @@
+"""The loop's helpers pinned to their references: LR schedules to transformers', weight-decay groups to
+transformers' Trainer, collate to the models' own tokenize, the state file to weights_only loading,
+checkpoint rotation to "never the best", column losses to the loss functions called directly."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from minisbert import losses, training
+from minisbert.collate import collate, tokenize_column, tokenize_pairs
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import tiny_models
+
+    from minisbert import BiEncoder, CrossEncoder
+
+    root = tmp_path_factory.mktemp("tiny")
+    folder = tiny_models.build("bert", root / "bert")
+    return BiEncoder.from_pretrained(folder, max_length=12), CrossEncoder.from_pretrained(folder, max_length=16)
+
+
+TEXTS = ["A man is playing a guitar.", "Two dogs run across the field while children watch from the fence.",
+         "Paris.", "", "The cat sleeps on the warm windowsill and dreams of birds and mice."]
+
+
+# ----------------------------------------------------------------------------------------------
+# collate == the model's own tokenize
+
+
+def test_collate_equals_model_tokenize(tiny):
+    model, _ = tiny
+    for prompt in (None, "query: "):
+        column = tokenize_column(model, TEXTS, prompt=prompt)
+        for rows in ([0, 1, 2, 3, 4], [4, 2], [3]):
+            ours = collate(column, rows)
+            ref = model.tokenize([TEXTS[i] for i in rows], prompt=prompt)
+            assert ours.keys() == ref.keys()
+            for k in ref:
+                assert torch.equal(ours[k], ref[k]) if torch.is_tensor(ref[k]) else ours[k] == ref[k], k
+
+
+def test_collate_pairs_equals_cross_encoder_tokenize(tiny):
+    _, ce = tiny
+    column = tokenize_pairs(ce, TEXTS, TEXTS[::-1])
+    rows = [1, 0, 4]
+    ours = collate(column, rows)
+    ref = ce.tokenize([(TEXTS[i], TEXTS[::-1][i]) for i in rows])
+    for k in ref:
+        assert torch.equal(ours[k], ref[k]), k
+
+
+def test_truncation_is_counted_up_front(tiny):
+    from minisbert.backbone import Truncation
+
+    model, _ = tiny
+    truncation = Truncation()
+    column = tokenize_column(model, TEXTS, truncation=truncation)
+    lengths = [len(model.tokenizer(t)["input_ids"]) for t in TEXTS]
+    assert truncation.total == len(TEXTS) and truncation.count == sum(n > 12 for n in lengths) == 2
+    assert column.lengths().max() == 12
+
+
+# ----------------------------------------------------------------------------------------------
+# optimizer groups and schedules, against transformers
+
+
+def test_weight_decay_groups_match_transformers_trainer(tiny):
+    from transformers import Trainer
+
+    model, ce = tiny
+    for m in (model, ce):
+        assert training.decay_parameter_names(m) == set(Trainer.get_decay_parameter_names(None, m))
+    optimizer = training.make_optimizer(model, 1e-4, 0.01)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("schedule, reference", [
+    ("linear", "get_linear_schedule_with_warmup"),
+    ("cosine", "get_cosine_schedule_with_warmup"),
+    ("constant", "get_constant_schedule_with_warmup"),
+])
+@pytest.mark.parametrize("total, warmup", [(10, 0), (10, 3), (7, 7), (1, 0)])
+def test_lr_schedules_match_transformers(schedule, reference, total, warmup):
+    import transformers
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    if schedule == "constant":
+        sched = getattr(transformers, reference)(optimizer, num_warmup_steps=warmup)
+    else:
+        sched = getattr(transformers, reference)(optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    for step in range(total + 1):
+        assert training.lr_multiplier(schedule, step, total, warmup) == pytest.approx(sched.get_last_lr()[0], abs=1e-12)
+        optimizer.step()
+        sched.step()
+
+
+def test_warmup_ratio_rounds_up_like_transformers():
+    assert training.resolve_warmup(100, 0, 0.1) == 10
+    assert training.resolve_warmup(101, 0, 0.1) == 11
+    assert training.resolve_warmup(101, 5, 0.1) == 5
+
+
+def test_epoch_steps_group_micro_batches_and_shard():
+    class Schedule:
+        def batches(self, epoch):
+            return [(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7]), (0, [8, 9, 10, 11])]
+
+        def num_batches(self, epoch):
+            return 3
+
+    steps = training.epoch_steps(Schedule(), 0, 2)
+    assert steps == [[(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7])], [(0, [8, 9, 10, 11])]]
+    assert training.total_steps(Schedule(), 3, -1, 2) == 6 and training.total_steps(Schedule(), 3, 4, 2) == 4
+    rank1 = training.epoch_steps(Schedule(), 0, 1, rank=1, world_size=2)
+    assert rank1 == [[(0, [1, 3])], [(1, [5, 7])], [(0, [9, 11])]]
+
+
+# ----------------------------------------------------------------------------------------------
+# column losses are the loss functions on the right columns
+
+
+def test_column_losses_call_the_loss_functions():
+    g = torch.Generator().manual_seed(0)
+    a, p, n = (torch.randn(6, 8, generator=g) for _ in range(3))
+    y = torch.rand(6, generator=g)
+    fn = training.column_loss
+    assert torch.equal(fn("mnrl")([a, p, n], None), losses.mnrl(a, torch.cat([p, n]), scale=20.0))
+    assert torch.equal(fn("cached_mnrl", scale=10.0)([a, p], None), losses.mnrl(a, p, scale=10.0))
+    assert torch.equal(fn("mnrl_symmetric")([a, p], None), losses.mnrl_symmetric(a, p))
+    assert torch.equal(fn("triplet", distance="cosine", margin=0.3)([a, p, n], None), losses.triplet(a, p, n, "cosine", 0.3))
+    assert torch.equal(fn("triplet")([a, p, n], None), losses.triplet(a, p, n, margin=5.0))
+    assert torch.equal(fn("cosent")([a, p], y), losses.cosent(a, p, y))
+    assert torch.equal(fn("angle")([a, p], y), losses.angle(a, p, y))
+    assert torch.equal(fn("gist")([a, p, n], None, guide_embeddings=[p, a, n]),
+                       losses.gist(a, torch.cat([p, n]), p, torch.cat([a, n]), temperature=0.01, margin=0.0))
+    logits = torch.randn(6, 1, generator=g)
+    assert torch.equal(fn("bce", pos_weight=2.0)([logits], (y > 0.5).float()), losses.bce(logits, (y > 0.5).float(), 2.0))
+    assert torch.equal(fn("listwise")([logits, -logits, logits * 2], None), losses.listwise(torch.cat([logits, -logits, logits * 2], 1)))
+    # matryoshka wraps a column loss and keeps the guide's width
+    wrapped = losses.matryoshka(fn("gist"), [8, 4])
+    expected = sum(fn("gist")([torch.nn.functional.normalize(x[:, :d], dim=-1) for x in (a, p, n)], None, guide_embeddings=[p, a, n])
+                   for d in (8, 4))
+    assert torch.allclose(wrapped([a, p, n], None, guide_embeddings=[p, a, n]), expected)
+
+
+@pytest.mark.parametrize("loss, columns, labels, ok", [
+    ("mnrl", 1, False, True), ("mnrl", 3, False, True), ("mnrl_symmetric", 3, False, False), ("gist", 1, False, False),
+    ("triplet", 2, False, False), ("triplet", 3, False, True), ("cosent", 2, False, False), ("cosent", 2, True, True),
+    ("bce", 2, True, True), ("bce", 3, True, False), ("listwise", 2, False, False), ("listwise", 4, False, True),
+])
+def test_check_loss_data(loss, columns, labels, ok):
+    if ok:
+        training.check_loss_data(loss, columns, labels, "data.jsonl")
+    else:
+        with pytest.raises(training.ConfigError, match=f"data.jsonl: --loss {loss} needs"):
+            training.check_loss_data(loss, columns, labels, "data.jsonl")
+
+
+def test_default_matryoshka_dims():
+    assert training.default_matryoshka_dims(384) == [384, 256, 128, 64, 32]
+    assert training.default_matryoshka_dims(768) == [768, 512, 256, 128, 64, 32]
+    assert training.default_matryoshka_dims(32) == [32]
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG, state file, checkpoints
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    training.set_seed(3)
+    state = training.rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    training.set_seed(99)
+    training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert [random.random() for _ in range(3)] == expected[2]
+
+
+class _Saver:
+    """A stand-in model: save_pretrained writes one file (checkpoint logic does not care what)."""
+
+    def save_pretrained(self, path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"x")
+
+
+def _state(step):
+    return {k: None for k in training.STATE_KEYS} | {"step": step, "log": [{"step": step, "loss": 1.5}], "format": 1}
+
+
+def test_checkpoints_latest_and_rotation_that_keeps_the_best(tmp_path):
+    for step in (5, 10, 15, 20):
+        training.save_checkpoint(tmp_path, step, _Saver(), _state(step))
+    (tmp_path / "checkpoint-25").mkdir()  # no state file: incomplete, never resumed from
+    (tmp_path / ".checkpoint-30.tmp-abc").mkdir()  # a killed save
+    assert [s for s, _ in training.checkpoints(tmp_path)] == [5, 10, 15, 20]
+    assert training.find_resume("latest", tmp_path) == tmp_path / "checkpoint-20"
+    assert training.load_state(tmp_path / "checkpoint-20")["log"] == [{"step": 20, "loss": 1.5}]
+    assert training.rotate_checkpoints(tmp_path, 2, keep_step=5) == [10]
+    assert [s for s, _ in training.checkpoints(tmp_path)] == [5, 15, 20]
+    assert training.rotate_checkpoints(tmp_path, None, keep_step=None) == []
+    training.remove_partial_saves(tmp_path)
+    assert not (tmp_path / ".checkpoint-30.tmp-abc").exists() and (tmp_path / "checkpoint-25").exists()
+    with pytest.raises(training.ConfigError, match="no complete checkpoint"):
+        training.find_resume("latest", tmp_path / "nowhere")
+    with pytest.raises(training.ConfigError, match="checkpoint-25: no training_state.pt"):
+        training.load_state(tmp_path / "checkpoint-25")
+
+
+def test_state_file_refuses_arbitrary_objects(tmp_path):
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    torch.save(_state(1) | {"config": Path("x")}, folder / training.STATE_FILE)  # a pickled object, not a primitive
+    with pytest.raises(training.ConfigError, match="cannot read training_state.pt"):
+        training.load_state(folder)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):
+    training.save_checkpoint(tmp_path, 1, _Saver(), _state(1))
+
+    class Broken(_Saver):
+        def save_pretrained(self, path):
+            super().save_pretrained(path)
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        training.save_checkpoint(tmp_path, 2, Broken(), _state(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
+
+
+# ----------------------------------------------------------------------------------------------
+# best model, metric names, log
+
+
+def test_best_tracking_and_metric_names():
+    best = training.Best("eval_loss", greater_is_better=False)
+    assert best.update({"eval_loss": 2.0}, 1) and not best.update({"eval_loss": 2.0}, 2) and best.update({"eval_loss": 1.0}, 3)
+    assert (best.value, best.step) == (1.0, 3)
+    assert not best.update({"eval_loss": float("nan")}, 4) and best.step == 3
+    assert training.resolve_metric("dev_cosine_accuracy", ["eval_dev_cosine_accuracy"]) == "eval_dev_cosine_accuracy"
+    assert training.resolve_metric("eval_loss", ["eval_loss"]) == "eval_loss"
+    with pytest.raises(training.ConfigError, match="available: eval_a, eval_b"):
+        training.resolve_metric("c", ["eval_a", "eval_b"])
+
+
+def test_run_log_rewrites_from_the_state(tmp_path):
+    log = training.RunLog(tmp_path / "log.jsonl")
+    for step in (1, 2, 3):
+        log.append({"step": step, "loss": 1.0 / step})
+    resumed = training.RunLog(tmp_path / "log.jsonl", log.records[:2])  # a checkpoint at step 2
+    resumed.append({"step": 3, "loss": 0.3})
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.3}]
+    shutil.rmtree(tmp_path)
