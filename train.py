@@ -113,7 +113,8 @@ class TrainConfig:
     eval_data: list[str] | None = arg(None, "evaluator files/folders as [name=]path; the layout picks the evaluator: "
                                       "triplets, scored pairs (STS), reranking samples, a BEIR folder (default: the "
                                       "shipped NLI dev triplets when training on the shipped data; pass none to skip)")
-    eval_dataset: str | None = arg(None, "dev file in the training layout: adds the training loss on it as eval_loss")
+    eval_dataset: str | None = arg(None, "dev file in the training layout: adds the training loss on it as eval_loss "
+                                   "(with the first dataset's loss, columns and prompts)")
     eval_steps: int = arg(0, "evaluate every N steps (0: only before training and at the end)")
     metric_for_best_model: str | None = arg(None, "eval key to select the best checkpoint; it is loaded at the end")
     greater_is_better: bool | None = arg(None, "default: True unless the metric ends with 'loss'")
@@ -450,8 +451,9 @@ def main(cfg: TrainConfig) -> dict:
     evaluators = [_make_evaluator(entry, is_cross, dims) for entry in eval_data]
     dev_task = None
     if cfg.eval_dataset:
-        s = dict(specs[0], path=cfg.eval_dataset, name="eval", limit=None)
-        dev = load_dataset(cfg.eval_dataset, columns=s["columns"], label_column=s["label_column"], label_map=s["label_map"])
+        s = dict(specs[0], path=cfg.eval_dataset, limit=None)  # the first dataset's loss, columns and prompts
+        dev = load_dataset(cfg.eval_dataset, columns=s["columns"], label_column=s["label_column"], label_map=s["label_map"],
+                           name=s["name"])
         training.check_loss_data(base_loss(cfg, s["loss"]), len(dev.columns), dev.labels is not None, dev.source)
         dev_task = make_task(s, dev, count=False)
 
@@ -484,10 +486,6 @@ def main(cfg: TrainConfig) -> dict:
     best = None
     resolved = asdict(cfg) | {"output_dir": str(output_dir), "model": base_model, "max_length": model.max_length,
                               "batch_sampler": sampler_name, "matryoshka_dims": dims, "eval_data": eval_data}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    training.remove_partial_saves(output_dir)
-    (output_dir / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
-
     if resume_dir is not None:
         state = training.load_state(resume_dir)
         if (state["total_steps"], state["warmup_steps"]) != (total, warmup):
@@ -498,27 +496,29 @@ def main(cfg: TrainConfig) -> dict:
         changed = sorted(k for k, v in json.loads(state["config"]).items() if k not in ("resume", "disable_tqdm") and resolved.get(k) != v)
         if changed:
             say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
+        records = state["log"]
+    else:
+        before = evaluate() if (evaluators or dev_task) else {}
+        records = [{"step": 0, "epoch": 0.0, **before}] if before else []
+    available = sorted({k for r in records for k in r if k.startswith("eval_")})
+    if cfg.metric_for_best_model is not None:
+        metric = training.resolve_metric(cfg.metric_for_best_model, available)
+        greater = cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss")
+        best = training.Best(metric, greater)
+
+    # every check has passed: from here on the run writes to output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    training.remove_partial_saves(output_dir)
+    (output_dir / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+    log = training.RunLog(output_dir / "log.jsonl", records)
+    if resume_dir is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, epoch_step, examples_seen = state["step"], state["epoch"], state["epoch_step"], state["examples_seen"]
-        epoch_float = (state["log"][-1]["epoch"] if state["log"] else 0.0)
+        epoch_float = records[-1]["epoch"] if records else 0.0
         window = dict(state["window"])
-        log = training.RunLog(output_dir / "log.jsonl", state["log"])
-        available = sorted({k for r in state["log"] for k in r if k.startswith("eval_")})
         if state["best"] is not None:
             best = training.Best(**state["best"])
         say(f"resumed from {resume_dir} at step {step} of {total}")
-    else:
-        log = training.RunLog(output_dir / "log.jsonl")
-        before = evaluate() if (evaluators or dev_task) else {}
-        if before:
-            log.append({"step": 0, "epoch": 0.0, **before})
-        available = sorted(before)
-    if cfg.metric_for_best_model is not None:
-        metric = training.resolve_metric(cfg.metric_for_best_model, available)
-        if best is None:
-            greater = cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss")
-            best = training.Best(metric, greater)
-    if resume_dir is not None:
         training.set_rng_state(state["rng"])  # last: nothing before the loop may draw random numbers after this
 
     def save(at_step):

@@ -270,6 +270,7 @@ def test_unknown_best_metric_lists_the_available_keys(models, data, tmp_path):
     cfg = config(models, data, tmp_path, eval_data=[f"dev={data['triplets']}"], metric_for_best_model="accuracy")
     with pytest.raises(training.ConfigError, match="available: eval_dev_cosine_accuracy"):
         main(cfg)
+    assert not Path(cfg.output_dir).exists()  # checked before the run writes anything
 
 
 def test_prompts_multi_dataset_and_per_dataset_losses(models, data, tmp_path, monkeypatch):
