@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="", help="evaluator name: keys become <name>_<metric>")
     p.add_argument("--matryoshka_dims", default=None, help="comma-separated, e.g. 384,256,128,64 (retrieval, sts, triplet)")
     p.add_argument("--similarity_fn_names", default=None, help="comma-separated subset of cosine,dot,euclidean,manhattan")
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="default: ST's evaluator default (retrieval 32, sts/triplet 16, rerank 64); batches change the last bits")
     p.add_argument("--corpus_chunk_size", type=int, default=50000, help="retrieval: documents encoded and scored at a time")
     p.add_argument("--text_column", default=None)
     p.add_argument("--label_column", default=None)
@@ -95,7 +96,7 @@ def build_evaluator(args, cross_encoder: bool) -> E.Evaluator:
     dims = _int_list(args.matryoshka_dims)
     if dims and args.task not in ("retrieval", "sts", "triplet"):
         raise ValueError(f"--matryoshka_dims applies to retrieval, sts and triplet, not {args.task!r}")
-    common = {"name": args.name, "batch_size": args.batch_size}
+    common = {"name": args.name} | ({"batch_size": args.batch_size} if args.batch_size else {})
     if args.task == "retrieval":
         return E.RetrievalEvaluator.from_beir(args.data, args.split, similarity_fn_names=fns, matryoshka_dims=dims,
                                               corpus_chunk_size=args.corpus_chunk_size, **common)
@@ -157,7 +158,7 @@ def plot_matryoshka(metrics: dict[str, float], dims: list[int], primary: str, pa
         if all(k in metrics for k in keys):
             ax.plot(dims, [metrics[k] for k in keys], marker="o", label=line)
     ax.set_xlabel("embedding dimension")
-    ax.set_ylabel(suffix)
+    ax.set_ylabel(suffix.replace(stem, "").strip("_") if stem else suffix)
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.legend()

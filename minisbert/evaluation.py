@@ -14,8 +14,9 @@ are spelled as ST 6.2 spells them, prefixed `f"{name}_"` when a name is given (s
     SequentialEvaluator              ST SequentialEvaluator             all of the above + sequential_score
 
 The numbers come from minisbert.metrics (functions of tensors); this module owns text, files, models
-and key names. It reads BEIR folders and the jsonl/csv/tsv layouts of /work/shared/data itself
-(`read_beir`, `read_rows`, `read_rerank_samples`), with errors naming the file and line.
+and key names. STS and triplet files are read by minisbert.data.load_dataset; BEIR folders, reranking
+samples (list-valued columns) and labelled texts (string labels) by the readers here (`read_beir`,
+`read_rerank_samples`, `read_labelled`). Every reader's errors name the file and line.
 
 Choices where ST leaves room, and why:
 * Retrieval ranks by (-score, corpus_id) like ST, over the corpus sorted by id, scored chunk by chunk
@@ -78,7 +79,7 @@ def read_jsonl(path) -> list[dict]:
 
 
 def read_rows(path) -> list[dict]:
-    """Rows of a .jsonl (or .json lines), .csv or .tsv file (the latter two with a header line)."""
+    """Rows of a .jsonl, .csv or .tsv file (the latter two with a header line)."""
     path = Path(path)
     if path.suffix in (".csv", ".tsv"):
         with _open_text(path) as f:
@@ -102,14 +103,14 @@ def split_file(data, split: str) -> Path:
         return data
     if not data.is_dir():
         raise ValueError(f"{data}: no such file or folder")
-    for ext in (".jsonl", ".json", ".csv", ".tsv"):
+    for ext in (".jsonl", ".csv", ".tsv", ".parquet"):
         if (data / f"{split}{ext}").is_file():
             return data / f"{split}{ext}"
-    found = sorted(p.name for p in data.iterdir() if p.suffix in (".jsonl", ".json", ".csv", ".tsv"))
-    raise ValueError(f"{data}: no {split}.jsonl/.csv/.tsv for split {split!r}; found {found or 'no data files'}")
+    found = sorted(p.name for p in data.iterdir() if p.suffix in (".jsonl", ".csv", ".tsv", ".parquet"))
+    raise ValueError(f"{data}: no {split}.jsonl/.csv/.tsv/.parquet for split {split!r}; found {found or 'no data files'}")
 
 
-def columns(path, rows: list[dict], names: list[str]) -> dict[str, list]:
+def _pick_columns(path, rows: list[dict], names: list[str]) -> dict[str, list]:
     """Pick `names` from every row, with an error naming the file, the line and the missing column."""
     if not rows:
         raise ValueError(f"{path}: no rows")
@@ -454,14 +455,12 @@ class STSEvaluator(Evaluator):
 
     @classmethod
     def from_file(cls, path, split: str = "test", *, score_column: str = "score", **kwargs) -> "STSEvaluator":
-        """From a file, or `<folder>/<split>.jsonl`, with sentence1, sentence2 and score columns."""
-        path = split_file(path, split)
-        c = columns(path, read_rows(path), ["sentence1", "sentence2", score_column])
-        try:
-            gold = [float(s) for s in c[score_column]]
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: column {score_column!r} must hold numbers") from None
-        return cls(c["sentence1"], c["sentence2"], gold, **kwargs)
+        """From a .jsonl/.csv/.tsv/.parquet file, or `<folder>/<split>.*`, with sentence1, sentence2 and
+        score columns (read by minisbert.data.load_dataset, whose errors name file, line and column)."""
+        from .data import load_dataset
+
+        data = load_dataset(split_file(path, split), columns=["sentence1", "sentence2"], label_column=score_column)
+        return cls(data.columns["sentence1"], data.columns["sentence2"], data.labels, **kwargs)
 
     def compute(self, model) -> dict[str, float]:
         names = self.similarity_fn_names or [model.similarity_fn_name]
@@ -504,10 +503,11 @@ class TripletEvaluator(Evaluator):
 
     @classmethod
     def from_file(cls, path, split: str = "test", **kwargs) -> "TripletEvaluator":
-        """From a file, or `<folder>/<split>.jsonl`, with anchor, positive and negative columns."""
-        path = split_file(path, split)
-        c = columns(path, read_rows(path), ["anchor", "positive", "negative"])
-        return cls(c["anchor"], c["positive"], c["negative"], **kwargs)
+        """From a file, or `<folder>/<split>.*`, with anchor, positive and negative columns (load_dataset)."""
+        from .data import load_dataset
+
+        data = load_dataset(split_file(path, split), columns=["anchor", "positive", "negative"], label_column="")
+        return cls(data.columns["anchor"], data.columns["positive"], data.columns["negative"], **kwargs)
 
     def compute(self, model) -> dict[str, float]:
         names = self.similarity_fn_names or [model.similarity_fn_name]
@@ -751,7 +751,7 @@ def read_labelled(path, text_column: str | None = None, label_column: str | None
         if pair is None:
             raise ValueError(f"{path}: name the text and label columns (found {sorted(rows[0])}; tried {list(_LABELLED_COLUMNS)})")
         text_column, label_column = text_column or pair[0], label_column or pair[1]
-    c = columns(path, rows, [text_column, label_column])
+    c = _pick_columns(path, rows, [text_column, label_column])
     seen, texts, labels = set(), [], []
     for t, l in zip(c[text_column], c[label_column]):
         if t not in seen:

@@ -366,16 +366,16 @@ def test_empty_corpus_and_mismatched_columns(tmp_path):
 def test_bad_rows_name_file_and_line(tmp_path):
     path = tmp_path / "sts.jsonl"
     path.write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a"\n')
-    with pytest.raises(ValueError, match=r"sts\.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"sts\.jsonl, line 2: not valid JSON"):
         E.STSEvaluator.from_file(path)
     path.write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "score": 2}\n')
-    with pytest.raises(ValueError, match=r"sts\.jsonl: row 2 has no 'sentence2' column"):
+    with pytest.raises(ValueError, match=r"sts\.jsonl, line 2, column 'sentence2': missing"):
         E.STSEvaluator.from_file(path)
     csv_path = tmp_path / "t.tsv"
     csv_path.write_text("anchor\tpositive\tnegative\na\tb\tc\nd\te\n")
-    with pytest.raises(ValueError, match=r"t\.tsv:3: expected 3 fields"):
+    with pytest.raises(ValueError, match=r"t\.tsv, line 3: expected 3 fields"):
         E.TripletEvaluator.from_file(csv_path)
-    with pytest.raises(ValueError, match=r"no test\.jsonl/\.csv/\.tsv for split 'test'; found \['sts\.jsonl', 't\.tsv'\]"):
+    with pytest.raises(ValueError, match=r"no test\.jsonl/\.csv/\.tsv/\.parquet for split 'test'; found \['sts\.jsonl', 't\.tsv'\]"):
         E.STSEvaluator.from_file(tmp_path)
     rr = tmp_path / "rr.jsonl"
     rr.write_text('{"query": "q", "positive": ["a"]}\n')
@@ -466,11 +466,11 @@ class _CachedST:
         self.model, self.cache = model, {}
         self.similarity_fn_name, self.similarity, self.model_card_data = model.similarity_fn_name, model.similarity, model.model_card_data
 
-    def _encode(self, fn, texts, truncate_dim=None, **kwargs):
-        key = lambda t: (fn, t)  # noqa: E731
+    def _encode(self, fn, texts, truncate_dim=None, prompt=None, prompt_name=None, **kwargs):
+        key = lambda t: (fn, prompt, prompt_name, t)  # noqa: E731
         missing = [t for t in dict.fromkeys(texts) if key(t) not in self.cache]
         if missing:
-            out = getattr(self.model, fn)(missing, batch_size=32, convert_to_tensor=True)
+            out = getattr(self.model, fn)(missing, prompt=prompt, prompt_name=prompt_name, batch_size=32, convert_to_tensor=True)
             self.cache.update({key(t): e for t, e in zip(missing, out)})
         return torch.stack([self.cache[key(t)] for t in texts])[:, :truncate_dim]
 
@@ -486,12 +486,14 @@ def test_real_model_scifact_retrieval_with_matryoshka_equals_st(minilm_path, st_
     ev = st_eval()
     from sentence_transformers.util import cos_sim, dot_score
 
-    folder = _beir_subset(data_dir / "scifact", tmp_path / "scifact", n_queries=30, n_other=150, max_chars=400)
+    folder = _beir_subset(data_dir / "scifact", tmp_path / "scifact", n_queries=25, n_other=100, max_chars=300)
     out_json = tmp_path / "m.json"
     plot = ["--plot", str(tmp_path / "dims.png")] if _has_matplotlib() else []
     ours = evaluate.main(["--model", str(minilm_path), "--task", "retrieval", "--data", str(folder),
                           "--matryoshka_dims", "384,128", "--output", str(out_json)] + plot)
     assert json.loads(out_json.read_text()) == ours
+    if plot:
+        assert Path(plot[1]).stat().st_size > 1000
     queries, corpus, relevant = _st_ir_inputs(folder)
     cached, ref = _CachedST(st_model), {}
     for d in (384, 128):
@@ -505,12 +507,13 @@ def test_real_model_scifact_retrieval_with_matryoshka_equals_st(minilm_path, st_
 def test_real_model_cranfield_graded_retrieval_equals_st(minilm_path, st_model, data_dir, tmp_path):
     ev = st_eval()
     sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    folder = _beir_subset(data_dir / "cranfield", tmp_path / "cranfield", n_queries=30, n_other=120, max_chars=400)
+    folder = _beir_subset(data_dir / "cranfield", tmp_path / "cranfield", n_queries=20, n_other=100, max_chars=300)
     ours = evaluate.main(["--model", str(minilm_path), "--task", "retrieval", "--data", str(folder),
                           "--similarity_fn_names", "cosine"])
     queries, corpus, relevant = _st_ir_inputs(folder)
+    cached = _CachedST(st_model)  # the reference below reuses ST's embeddings instead of encoding again
     st = ev.InformationRetrievalEvaluator(queries, corpus, relevant, write_csv=False)
-    assert_same_metrics(ours, st(st_model), atol=1e-6, extra_ok=("graded_ndcg",))
+    assert_same_metrics(ours, st(cached), atol=1e-6, extra_ok=("graded_ndcg",))
     # graded NDCG@10: sklearn over the whole (subset) corpus with ST's own embeddings as the reference
     grades: dict[str, dict[str, float]] = {}
     for line in (folder / "qrels" / "test.tsv").read_text().splitlines()[1:]:
@@ -518,8 +521,7 @@ def test_real_model_cranfield_graded_retrieval_equals_st(minilm_path, st_model, 
         grades.setdefault(q, {})[c] = float(s)
     ids = list(corpus)
     q_ids = [q for q in queries if q in grades]
-    scores = st_model.similarity(st_model.encode_query([queries[q] for q in q_ids], convert_to_tensor=True),
-                                 st_model.encode_document([corpus[c] for c in ids], convert_to_tensor=True))
+    scores = st_model.similarity(cached.encode_query([queries[q] for q in q_ids]), cached.encode_document([corpus[c] for c in ids]))
     want = np.mean([sklearn_metrics.ndcg_score([[grades[q].get(c, 0) for c in ids]], [scores[i].numpy()], k=10)
                     for i, q in enumerate(q_ids)])
     assert ours["cosine_graded_ndcg@10"] == pytest.approx(want, abs=1e-6)
@@ -533,16 +535,23 @@ def _first_rows(src: Path, dst: Path, n: int) -> Path:
 
 @pytest.mark.slow
 def test_real_model_sts_and_triplet_equal_st(minilm_path, st_model, data_dir, tmp_path):
-    """STSb test (first 400 pairs) and nli-triplets dev (first 250 triplets), all four similarities."""
+    """STSb test (first 600 pairs) and nli-triplets dev (first 200 triplets), all four similarities.
+
+    minisbert's and ST's embeddings differ by ~1e-7 (ST's depend on batch composition). STSb test holds
+    a pair in both orders ("A man is dancing." / "A woman is exercising."): its two cosines tie exactly
+    in minisbert, and differ by one float32 step in ST when the sentences sit in different batches,
+    which moves Spearman by ~3e-6 on 300 pairs (by 6e-8 on all 1379; 0 on these 600). A failure of
+    that size here means encode's numerics moved, not the metric code (pinned above on fake encoders).
+    """
     ev = st_eval()
-    sts = _first_rows(data_dir / "stsb" / "test.jsonl", tmp_path / "stsb" / "test.jsonl", 400)
+    sts = _first_rows(data_dir / "stsb" / "test.jsonl", tmp_path / "stsb" / "test.jsonl", 600)
     ours = evaluate.main(["--model", str(minilm_path), "--task", "sts", "--data", str(sts.parent), "--name", "stsb"])
     rows = [json.loads(line) for line in sts.read_text().splitlines()]
     ref = ev.EmbeddingSimilarityEvaluator([r["sentence1"] for r in rows], [r["sentence2"] for r in rows],
                                           [r["score"] for r in rows], similarity_fn_names=FNS, name="stsb", write_csv=False)
     assert_same_metrics(ours, ref(st_model), atol=1e-6)
 
-    trip = _first_rows(data_dir / "nli-triplets" / "dev.jsonl", tmp_path / "nli" / "dev.jsonl", 250)
+    trip = _first_rows(data_dir / "nli-triplets" / "dev.jsonl", tmp_path / "nli" / "dev.jsonl", 200)
     ours = evaluate.main(["--model", str(minilm_path), "--task", "triplet", "--data", str(trip.parent), "--split", "dev"])
     rows = [json.loads(line) for line in trip.read_text().splitlines()]
     ref = ev.TripletEvaluator([r["anchor"] for r in rows], [r["positive"] for r in rows], [r["negative"] for r in rows],
@@ -552,9 +561,9 @@ def test_real_model_sts_and_triplet_equal_st(minilm_path, st_model, data_dir, tm
 
 @pytest.mark.slow
 def test_real_model_trecqa_bi_encoder_reranking_equals_st(minilm_path, st_model, data_dir, tmp_path):
-    """TrecQA test, first 20 queries, ranked by MiniLM cosine similarity (the folder is no cross-encoder)."""
+    """TrecQA test, first 15 queries, ranked by MiniLM cosine similarity (the folder is no cross-encoder)."""
     ev = st_eval()
-    path = _first_rows(data_dir / "trecqa-rerank" / "test.jsonl", tmp_path / "trecqa.jsonl", 20)
+    path = _first_rows(data_dir / "trecqa-rerank" / "test.jsonl", tmp_path / "trecqa.jsonl", 15)
     ours = evaluate.main(["--model", str(minilm_path), "--task", "rerank", "--data", str(path)])
     samples = [json.loads(line) for line in path.read_text().splitlines()]
     assert_same_metrics(ours, ev.RerankingEvaluator(samples, write_csv=False)(st_model), atol=1e-6)
