@@ -265,3 +265,24 @@ def test_kmeans_finds_separated_clusters_and_is_deterministic():
     assert torch.equal(labels, M.kmeans(x, 4, seed=0))
     with pytest.raises(ValueError, match="n_clusters"):
         M.kmeans(x, 101)
+
+
+def test_chunked_topk_property_any_scores_chunks_and_k():
+    hypothesis = pytest.importorskip("hypothesis")
+    st = pytest.importorskip("hypothesis.strategies")
+
+    @hypothesis.settings(max_examples=60, deadline=None)
+    @hypothesis.given(
+        st.integers(1, 4), st.integers(1, 30), st.integers(1, 12), st.integers(1, 31), st.integers(0, 2**31 - 1)
+    )
+    def check(q, c, k, chunk, seed):
+        g = torch.Generator().manual_seed(seed)
+        scores = torch.randint(0, 3, (q, c), generator=g).float()  # 3 values: ties at every boundary
+        values = torch.empty(q, 0)
+        indices = torch.empty(q, 0, dtype=torch.long)
+        for start in range(0, c, chunk):
+            v, i = M.topk_by_score_then_index(scores[:, start:start + chunk], k, offset=start)
+            values, indices = M.merge_topk(values, indices, v, i, k)
+        assert torch.equal(indices, _naive_topk(scores, k))
+
+    check()
