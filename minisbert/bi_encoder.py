@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import packing
 from .backbone import (
     Truncation, logger, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
     quiet_transformers,
@@ -214,8 +215,14 @@ class BiEncoder(nn.Module):
         device = self.device
         inputs = {k: features[k].to(device) for k in self._backbone_inputs if k in features}
         mask = inputs["attention_mask"]
-        hidden = self.backbone(**inputs).last_hidden_state  # (B, L, H)
-        emb = pool(hidden, mask, self.pooling, prompt_length=features.get("prompt_length", 0),
+        # Padding-free when the backbone allows it (packing.py): same result, no compute on pad tokens.
+        packed = packing.hidden_states(self.backbone, [inputs])
+        hidden = packed[0] if packed is not None else self.backbone(**inputs).last_hidden_state  # (B, L, H)
+        return self.head(hidden, mask, features.get("prompt_length", 0))
+
+    def head(self, hidden: torch.Tensor, mask: torch.Tensor, prompt_length: int = 0) -> torch.Tensor:
+        """Token states (B, L, H) + mask (B, L) -> (B, D): pooling, Dense layers, normalization."""
+        emb = pool(hidden, mask, self.pooling, prompt_length=prompt_length,
                    include_prompt=self.include_prompt)  # (B, len(pooling)*H)
         for layer in self.dense:
             emb = layer(emb)  # (B, D)

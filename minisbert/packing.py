@@ -1,0 +1,236 @@
+"""Padding-free execution of BERT-family encoders: only real tokens go through the matmuls.
+
+A batch padded to its longest row wastes compute on pad tokens: on NLI triplets (batch 32, three
+columns each padded to its own longest row) 59% of the token slots are padding, and every linear layer
+of the backbone pays for them. Packing removes them:
+
+    pack(columns)           K padded feature dicts -> one Packed batch of all N = sum_k B_k rows, with the
+                            T real tokens concatenated in order of decreasing row length
+    encode_packed(bb, p)    the backbone on the T tokens: embeddings, then per layer a fused QKV
+                            linear on (T, H), attention on length-bucketed padded groups, the output
+                            and feed-forward linears on (T, H) again -> (T, H) hidden states
+    unpack(hidden, p)       (T, H) -> (N, L, H) zero-padded + (N, L) mask, in the rows' original order,
+                            for `pooling.pool` (so pooling is written once, in pooling.py)
+    embed_columns(model, columns)
+                            the whole bi-encoder forward of K columns in one packed pass -> K x (B_k, D)
+
+Only attention needs rows to stay apart; it runs per bucket of similar-length rows, padded to the
+bucket's longest row, with a key-padding mask (SDPA). Everything else is token-wise, so the result
+equals the padded forward up to float summation order (tests/test_packing.py pins both the
+embeddings and the gradients with dropout off). With dropout on, the same dropout probabilities are
+applied at the same places (embeddings, attention probabilities, both residual branches), only the
+random draws differ from a padded run.
+
+The packed path reads the parameters of the transformers module in place (same nn.Parameters, so the
+optimizer, saving and loading are unchanged) and is used only for architectures whose forward it
+reproduces exactly: `supports(backbone)` says which. Other backbones go through their own forward.
+
+Shapes: K columns, B_k rows of column k, N rows in all, T real tokens, L a bucket's longest row,
+H hidden width, h heads, d head width (H = h d), D embedding width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+# Architectures whose forward `encode_packed` reproduces: BERT-style post-LayerNorm encoders with absolute
+# position embeddings and no relative attention bias. The value says how transformers numbers positions:
+# "index" = the column index in the padded batch (BERT, also under left padding), "non_pad" =
+# padding_idx + 1 + the count of non-pad ids so far (RoBERTa's create_position_ids_from_input_ids).
+POSITIONS = {"bert": "index", "roberta": "non_pad", "xlm-roberta": "non_pad", "camembert": "non_pad"}
+# Off switch for measurements and for comparisons that need the backbone's own kernels bit for bit.
+ENABLED = True
+# A bucket for attention is closed when padding its rows to its longest row would waste more than this
+# share of the bucket's (row x key) slots; attention is a small part of the cost at these lengths, so
+# a few buckets per batch suffice.
+ATTENTION_WASTE = 0.25
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the block with every backbone's own (padded) forward."""
+    global ENABLED
+    old, ENABLED = ENABLED, False
+    try:
+        yield
+    finally:
+        ENABLED = old
+
+
+def supports(backbone) -> bool:
+    """True when `encode_packed` computes exactly what `backbone.forward` does (dropout draws aside).
+
+    Besides the architecture, the attention projections must be plain nn.Linear without hooks (the fused
+    QKV matmul reads their weights directly, which would bypass e.g. a LoRA wrapper) and gradient
+    checkpointing must be off; anything else goes through the backbone's own forward.
+    """
+    config = getattr(backbone, "config", None)
+    if not ENABLED or config is None or getattr(config, "model_type", None) not in POSITIONS:
+        return False
+    if getattr(config, "is_decoder", False) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return False
+    if not (hasattr(backbone, "embeddings") and hasattr(backbone, "encoder")) or getattr(backbone, "gradient_checkpointing", False):
+        return False
+    for layer in backbone.encoder.layer:
+        att = layer.attention.self
+        for lin in (att.query, att.key, att.value):
+            if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
+                return False
+        if getattr(layer, "gradient_checkpointing", False):
+            return False
+    return True
+
+
+@dataclass
+class Packed:
+    """The real tokens of N rows (K columns stacked), concatenated row after row by decreasing length."""
+
+    input_ids: Tensor  # (T,)
+    token_type_ids: Tensor | None  # (T,)
+    position_ids: Tensor  # (T,) each token's position id, as the backbone numbers it in the padded batch
+    buckets: list[tuple[int, int, Tensor, Tensor]]  # attention buckets: (rows n, L, index (T_g,), key mask (n, L))
+    unsort: Tensor  # (T,) packed position of each token in the columns' own row-major order
+    masks: list[Tensor]  # K x (B_k, L_k) the columns' attention masks, to put hidden states back in place
+
+
+def _buckets(lengths: list[int], device) -> list[tuple[int, int, Tensor, Tensor]]:
+    """Split rows sorted by decreasing length into attention buckets (n rows, L, index, mask).
+
+    A bucket is closed when padding its rows to its longest would waste more than ATTENTION_WASTE of
+    its (query x key) slots. index (T_g,) places the bucket's tokens (packed order) in its (n L) padded
+    layout; mask (n, L) is True at real tokens.
+    """
+    buckets, start, n_rows = [], 0, len(lengths)
+    while start < n_rows:
+        L = lengths[start]
+        end, real = start, 0
+        while end < n_rows and (end == start or 1 - (real + lengths[end] ** 2) / ((end + 1 - start) * L * L) <= ATTENTION_WASTE):
+            real += lengths[end] ** 2
+            end += 1
+        lens = torch.tensor(lengths[start:end], device=device)
+        mask = torch.arange(L, device=device)[None, :] < lens[:, None]  # (n, L)
+        buckets.append((end - start, L, mask.reshape(-1).nonzero().squeeze(1), mask))
+        start = end
+    return buckets
+
+
+def position_ids(backbone, input_ids: Tensor) -> Tensor:
+    """(B, L) the position ids the backbone's forward gives a padded batch (see POSITIONS)."""
+    if POSITIONS[backbone.config.model_type] == "non_pad":
+        pad = backbone.embeddings.padding_idx
+        real = input_ids.ne(pad).long()
+        return torch.cumsum(real, 1) * real + pad  # (B, L)
+    return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, L)
+
+
+def pack(columns: list[dict]) -> Packed | None:
+    """K padded feature dicts {"input_ids" (B_k, L_k), "attention_mask" (B_k, L_k)[, "token_type_ids",
+    "position_ids"]} -> one Packed batch, or None when a row has no token (nothing to attend to; use the
+    padded path). Any padding side works: a row's real tokens are read in order. Without "position_ids",
+    positions are the padded column index (BERT's numbering)."""
+    masks = [c["attention_mask"].bool() for c in columns]
+    lengths = torch.cat([m.sum(1) for m in masks])  # (N,) in column order
+    if lengths.numel() == 0 or int(lengths.min()) == 0:
+        return None
+    device = lengths.device
+    ids = torch.cat([c["input_ids"][m] for c, m in zip(columns, masks)])  # (T,) column order
+    with_types = all("token_type_ids" in c for c in columns)
+    types = torch.cat([c["token_type_ids"][m] for c, m in zip(columns, masks)]) if with_types else None
+    # Rows by decreasing length (stable), so attention buckets are runs of similar rows.
+    order = torch.sort(lengths, descending=True, stable=True).indices  # (N,) packed row -> column-order row
+    sorted_lengths = lengths[order]
+    starts = torch.cumsum(lengths, 0) - lengths  # (N,) first token of each row, column order
+    row_of_token = torch.repeat_interleave(order, sorted_lengths)  # (T,) column-order row of each packed token
+    packed_starts = torch.cumsum(sorted_lengths, 0) - sorted_lengths  # (N,) first token of each packed row
+    within_row = torch.arange(ids.shape[0], device=device) - torch.repeat_interleave(packed_starts, sorted_lengths)
+    gather = starts[row_of_token] + within_row  # (T,) column-order token of each packed token
+    positions = torch.cat([
+        (c["position_ids"] if "position_ids" in c else torch.arange(m.shape[1], device=device).expand_as(m))[m]
+        for c, m in zip(columns, masks)
+    ])  # (T,) column order
+    unsort = torch.empty_like(gather)
+    unsort[gather] = torch.arange(gather.shape[0], device=device)
+    return Packed(
+        input_ids=ids[gather], token_type_ids=types[gather] if types is not None else None, position_ids=positions[gather],
+        buckets=_buckets(sorted_lengths.tolist(), device), unsort=unsort, masks=masks,
+    )
+
+
+def _attention(layer, x: Tensor, p: Packed, dropout: float) -> Tensor:
+    """Self-attention of one BERT layer on packed tokens x (T, H) -> context (T, H), before the output dense."""
+    att = layer.attention.self
+    h, d = att.num_attention_heads, att.attention_head_size
+    # One (T, H) x (H, 3H) matmul instead of three; the weight concat is 3 H^2 floats, small next to T H.
+    weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
+    bias = torch.cat([att.query.bias, att.key.bias, att.value.bias])  # (3H,)
+    qkv = F.linear(x, weight, bias)  # (T, 3H)
+    outs, token = [], 0
+    for n, L, index, mask in p.buckets:
+        part = qkv[token:token + index.shape[0]]  # (T_g, 3H)
+        token += index.shape[0]
+        padded = part.new_zeros(n * L, part.shape[1]).index_copy(0, index, part)  # (n L, 3H)
+        q, k, v = padded.view(n, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (n, h, L, d)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout,
+                                             scale=att.scaling)  # (n, h, L, d)
+        outs.append(ctx.transpose(1, 2).reshape(n * L, h * d).index_select(0, index))  # (T_g, H)
+    return torch.cat(outs) if len(outs) > 1 else outs[0]  # (T, H)
+
+
+def encode_packed(backbone, p: Packed) -> Tensor:
+    """The backbone's last hidden states of the packed tokens, (T, H); the pooler head is not run."""
+    emb = backbone.embeddings
+    x = emb.word_embeddings(p.input_ids)  # (T, H)
+    types = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
+    x = x + emb.token_type_embeddings(types)
+    x = x + emb.position_embeddings(p.position_ids)
+    x = emb.dropout(emb.LayerNorm(x))
+    for layer in backbone.encoder.layer:
+        ctx = _attention(layer, x, p, layer.attention.self.dropout.p if backbone.training else 0.0)  # (T, H)
+        out = layer.attention.output
+        x = out.LayerNorm(out.dropout(out.dense(ctx)) + x)
+        inner = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(x))  # (T, I)
+        out = layer.output
+        x = out.LayerNorm(out.dropout(out.dense(inner)) + x)
+    return x
+
+
+def unpack(hidden: Tensor, p: Packed) -> list[Tensor]:
+    """(T, H) packed hidden states -> K x (B_k, L_k, H) in each column's own padded layout, zeros at pads."""
+    tokens = hidden.index_select(0, p.unsort)  # (T, H) column order, row-major within each column
+    outs, start = [], 0
+    for mask in p.masks:
+        B, L = mask.shape
+        index = mask.reshape(-1).nonzero().squeeze(1)  # (T_k,)
+        part = tokens[start:start + index.shape[0]]
+        start += index.shape[0]
+        outs.append(part.new_zeros(B * L, part.shape[1]).index_copy(0, index, part).view(B, L, -1))  # (B_k, L_k, H)
+    return outs
+
+
+def hidden_states(backbone, columns: list[dict]) -> list[Tensor] | None:
+    """K columns of padded features -> K x (B_k, L_k, H) last hidden states in one packed pass, or None
+    when the backbone (see `supports`) or the batch (an empty row) needs the backbone's own forward."""
+    if not supports(backbone):
+        return None
+    p = pack([c | {"position_ids": position_ids(backbone, c["input_ids"])} for c in columns])
+    return None if p is None else unpack(encode_packed(backbone, p), p)
+
+
+def embed_columns(model, columns: list[dict]) -> list[Tensor]:
+    """K columns of a BiEncoder's `tokenize` output -> K x (B_k, D) embeddings, one packed forward for all.
+
+    Equals `[model(c) for c in columns]` (with dropout off; tests/test_packing.py); one pass over the K
+    columns instead of K saves a little more than packing each column alone (fewer, larger matmuls).
+    """
+    device = model.device
+    moved = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in c.items()} for c in columns]
+    hidden = hidden_states(model.backbone, moved)
+    if hidden is None:
+        return [model(c) for c in columns]
+    return [model.head(h, c["attention_mask"], c.get("prompt_length", 0)) for h, c in zip(hidden, moved)]

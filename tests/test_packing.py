@@ -1,0 +1,164 @@
+"""Padding-free execution (minisbert/packing.py) pinned to the backbone's own padded forward.
+
+Embeddings and parameter gradients of the packed pass equal the padded pass (dropout off) for BERT
+and XLM-R, every pooling mode, prompts, left padding, token types; the packed path steps aside for
+backbones it does not reproduce; and with dropout on it keeps dropping at the same rate.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from minisbert import BiEncoder, packing
+from minisbert.pooling import MODES
+
+TEXTS = [
+    "A man is playing a guitar.", "Two dogs run across the field while the children watch them from far away.",
+    "Hi", "The cat sleeps on the warm windowsill.", "Scientists discovered a new species of frog in the rain forest.",
+    "Paris.", "Der Hund läuft über die Wiese.", "numbers 0 1 2 3 4 5 6 7 8 9 and symbols , . ! ? ; :",
+]
+
+
+def padded(model, features):
+    """The reference: the backbone's own forward on the padded batch, then the same head."""
+    with packing.disabled():
+        return model(features)
+
+
+def no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+    return model.train()
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dirs):
+    return {kind: BiEncoder.from_pretrained(tiny_model_dirs[kind]) for kind in ("bert", "xlmr")}
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr"])
+def test_packed_embeddings_equal_padded(tiny, kind):
+    model = tiny[kind].eval()
+    assert packing.supports(model.backbone)
+    columns = [model.tokenize(TEXTS), model.tokenize(TEXTS[::-1][:5]), model.tokenize(["one", "two words"])]
+    with torch.no_grad():
+        ours = packing.embed_columns(model, columns)
+        for c, emb in zip(columns, ours):
+            torch.testing.assert_close(emb, padded(model, c), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(model(c), emb, atol=1e-6, rtol=1e-5)  # forward packs one column alone
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_pooling_mode_and_prompt(tiny_model_dirs, mode):
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"], pooling=mode)
+    for include_prompt in (True, False):
+        model.include_prompt = include_prompt
+        features = model.tokenize(TEXTS, prompt="query: ")
+        with torch.no_grad():
+            torch.testing.assert_close(model(features), padded(model, features), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr"])
+def test_left_padding_and_token_types(tiny, kind):
+    model = tiny[kind].eval()
+    features = model.tokenize(TEXTS)
+    features.setdefault("token_type_ids", torch.zeros_like(features["input_ids"]))
+    mask = features["attention_mask"]
+    lengths = mask.sum(1)
+    left = {k: torch.zeros_like(v) for k, v in features.items() if isinstance(v, torch.Tensor)}
+    left["input_ids"].fill_(model.tokenizer.pad_token_id)
+    for i, n in enumerate(lengths.tolist()):  # the same rows, padded on the left
+        for k in left:
+            left[k][i, mask.shape[1] - n:] = features[k][i, :n]
+    if kind == "bert":
+        left["token_type_ids"][:, -2:] = 1  # the second segment of a pair, as a cross-encoder would have
+    left["prompt_length"] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(left), padded(model, left), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr"])
+def test_packed_gradients_equal_padded(tiny_model_dirs, kind):
+    model = no_dropout(BiEncoder.from_pretrained(tiny_model_dirs[kind]))
+    columns = [model.tokenize(TEXTS), model.tokenize(TEXTS[3:] + TEXTS[:3])]
+    torch.manual_seed(0)
+    targets = [torch.randn(len(TEXTS), model.embedding_dim) for _ in columns]
+
+    def grads(embed):
+        model.zero_grad()
+        sum((e * t).sum() for e, t in zip(embed(), targets)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours = grads(lambda: packing.embed_columns(model, columns))
+    ref = grads(lambda: [padded(model, c) for c in columns])
+    # The pooler head is not run by the packed path; the padded path runs it without using it.
+    assert set(ours) == {n for n in ref if ".pooler." not in n}
+    scale = max(g.abs().max() for g in ref.values())
+    for name in ours:
+        torch.testing.assert_close(ours[name], ref[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_real_minilm_packed_equals_padded(minilm_path, stsb_sentences):
+    model = BiEncoder.from_pretrained(minilm_path)
+    features = model.tokenize(stsb_sentences[:64])
+    with torch.no_grad():
+        torch.testing.assert_close(model(features), padded(model, features), atol=1e-5, rtol=0)
+
+
+def test_bf16_autocast_close_to_fp32(tiny):
+    model = tiny["bert"].eval()
+    features = model.tokenize(TEXTS)
+    with torch.no_grad():
+        ref = padded(model, features)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = model(features).float()
+    assert torch.nn.functional.cosine_similarity(ours, ref).min() > 0.99
+
+
+def test_dropout_still_applies(tiny_model_dirs):
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"]).train()
+    features = model.tokenize(TEXTS)
+    with torch.no_grad():
+        a, b = model(features), model(features)
+    assert not torch.allclose(a, b)  # two dropout draws differ
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(features), model(features))
+
+
+def test_backbones_it_does_not_reproduce_use_their_own_forward(tiny_model_dirs):
+    modern = BiEncoder.from_pretrained(tiny_model_dirs["modernbert"])
+    assert not packing.supports(modern.backbone)
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
+    assert packing.supports(model.backbone)
+    query = model.backbone.encoder.layer[0].attention.self.query
+    handle = query.register_forward_hook(lambda mod, args, out: out * 2)  # e.g. an adapter
+    try:
+        assert not packing.supports(model.backbone)
+        features = model.tokenize(TEXTS)
+        with torch.no_grad():
+            torch.testing.assert_close(model(features), padded(model, features))  # the hook is honoured
+    finally:
+        handle.remove()
+    with packing.disabled():
+        assert not packing.supports(model.backbone)
+    assert packing.supports(model.backbone)
+
+
+def test_pack_layout():
+    columns = [
+        {"input_ids": torch.tensor([[1, 2, 0], [3, 4, 5]]), "attention_mask": torch.tensor([[1, 1, 0], [1, 1, 1]])},
+        {"input_ids": torch.tensor([[0, 6], [7, 8]]), "attention_mask": torch.tensor([[0, 1], [1, 1]])},
+    ]
+    p = packing.pack(columns)
+    assert p.input_ids.tolist() == [3, 4, 5, 1, 2, 7, 8, 6]  # longest row first, stable among equals
+    assert p.position_ids.tolist() == [0, 1, 2, 0, 1, 0, 1, 1]  # BERT numbers the padded columns
+    assert p.token_type_ids is None
+    hidden = p.input_ids[:, None].float()  # (T, 1): each token's own id
+    back = packing.unpack(hidden, p)
+    assert back[0][..., 0].tolist() == [[1, 2, 0], [3, 4, 5]]
+    assert back[1][..., 0].tolist() == [[0, 6], [7, 8]]
+    assert packing.pack([{"input_ids": torch.tensor([[0]]), "attention_mask": torch.tensor([[0]])}]) is None
