@@ -48,6 +48,18 @@ def test_collate_equals_model_tokenize(tiny):
                 assert torch.equal(ours[k], ref[k]) if torch.is_tensor(ref[k]) else ours[k] == ref[k], k
 
 
+def test_collate_left_padding_equals_model_tokenize(tiny):
+    model, _ = tiny
+    model.tokenizer.padding_side = "left"  # decoder-style tokenizers pad on the left
+    try:
+        column = tokenize_column(model, TEXTS)
+        ours, ref = collate(column, [0, 2, 4]), model.tokenize([TEXTS[i] for i in (0, 2, 4)])
+        assert all(torch.equal(ours[k], ref[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        assert ours["attention_mask"][1, 0] == 0
+    finally:
+        model.tokenizer.padding_side = "right"
+
+
 def test_collate_pairs_equals_cross_encoder_tokenize(tiny):
     _, ce = tiny
     column = tokenize_pairs(ce, TEXTS, TEXTS[::-1])
