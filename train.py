@@ -6,6 +6,7 @@
     python train.py --data texts.jsonl --loss mnrl           # one text column: unsupervised SimCSE
     python train.py --data rerank.jsonl --loss bce --pos_weight 4 --model MODEL   # a cross-encoder reranker
     python train.py --config run.json --resume latest       # continue a stopped run exactly
+    torchrun --nproc_per_node 4 train.py --batch_size 256   # 4 processes (GPUs), 64 rows each, negatives from all 256
 
 Every flag is a field of TrainConfig (same name in --config JSON files and in the saved
 train_config.json); `main(cfg)` runs one training and returns the final eval metrics.
@@ -22,6 +23,9 @@ Choices (each also in the flag's help):
   into the model's prompts: the first text column's as "query", the others' as "document"
   (anchor/positive -> {"query": ..., "document": ...}); a name taken by a different prompt
   falls back to "<dataset>_<column>".
+* Several processes (torchrun): each takes a contiguous share of every batch and the embeddings are
+  all-gathered before the loss, so in-batch negatives come from the whole --batch_size and the run
+  trains as one process would (minisbert/distributed.py); only rank 0 logs, evaluates and saves.
 * Defaults are ST's (spec 5.1) except: batch_size 32 and num_train_epochs 1 (ST: 8 and 3), so that
   the embedded default run takes a few minutes on a laptop CPU; weight_decay 0.01 (ST: 0.0), as
   the project asks; the no-duplicates sampler for in-batch-negative losses (ST: shuffled).
@@ -43,13 +47,13 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from minisbert import evaluation, losses, training
+from minisbert import distributed, evaluation, losses, training
 from minisbert.backbone import Truncation
 from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
 from minisbert.cross_encoder import CrossEncoder
 from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
-from minisbert.gradcache import cached_step
+from minisbert.gradcache import cached_step, chunk_ranges
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.training import (
     CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
@@ -107,7 +111,8 @@ class TrainConfig:
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     dtype: str = arg("fp32", "fp32 | bf16 (autocast; weights and losses stay fp32)")
     tf32: bool = arg(False, "allow TF32 matmuls on CUDA")
-    device: str | None = arg(None, "cpu | cuda | cuda:N (default: cuda when available)")
+    device: str | None = arg(None, "cpu | cuda | cuda:N (default: cuda when available; under torchrun each process takes cuda:LOCAL_RANK)")
+    ddp_timeout: int = arg(1800, "multi-process runs: seconds a process waits for the others (e.g. for rank 0's evaluation) before failing")
     seed: int = arg(42, "seed of torch, numpy, python and the samplers")
     # evaluation
     eval_data: list[str] | None = arg(None, "evaluator files/folders as [name=]path; the layout picks the evaluator: "
@@ -222,7 +227,7 @@ def check_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"--{name} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
     for name in ("learning_rate", "batch_size", "gradient_accumulation_steps", "mini_batch_size", "max_length", "limit",
-                 "scale", "save_total_limit"):
+                 "scale", "save_total_limit", "ddp_timeout"):
         positive(name)
     for name in ("weight_decay", "warmup_steps", "max_grad_norm", "logging_steps", "eval_steps", "save_steps", "pos_weight"):
         positive(name, allow_zero=True)
@@ -331,14 +336,16 @@ def main(cfg: TrainConfig) -> dict:
     if cfg.resume is None and ((output_dir / "final").exists() or training.checkpoints(output_dir)):
         raise ConfigError(f"--output_dir {output_dir} already holds a run; pass --resume latest to continue it, or another --output_dir")
     resume_dir = training.find_resume(cfg.resume, output_dir) if cfg.resume else None
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {cfg.device}: CUDA is not available on this machine")
+    world = distributed.init(cfg.device, cfg.ddp_timeout)  # rank, device, process group of a torchrun worker
+    device = world.device
+    if not world.main:
+        say = lambda *args, **kwargs: None  # noqa: E731  only rank 0 prints
     if cfg.tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else contextlib.nullcontext())
-    training.set_seed(cfg.seed)
+    # Each process its own dropout stream; the batches come from the samplers' own seed, the same everywhere.
+    training.set_seed(cfg.seed + world.rank)
 
     # ------------------------------------------------------------------ data (every file is read and checked here)
     datasets = [
@@ -375,7 +382,9 @@ def main(cfg: TrainConfig) -> dict:
         if too_wide:
             raise ConfigError(f"--matryoshka_dims {too_wide} exceed the model's embedding width {model.embedding_dim}")
     say(f"model {base_model} ({'cross-encoder' if is_cross else 'bi-encoder'}{'' if is_cross else f', {model.embedding_dim} dims'}), "
-        f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}")
+        f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}"
+        + (f", {world.world_size} processes" if world.distributed else ""))
+    trained = distributed.wrap(model, world)  # DDP in a multi-process run; `model` stays what is saved and evaluated
 
     # ------------------------------------------------------------------ tokenize once, up front
     truncation = Truncation()
@@ -416,32 +425,41 @@ def main(cfg: TrainConfig) -> dict:
         model.prompts.update(saved_prompts)
         say(f"training prompts, saved with the model: {saved_prompts}")
 
-    def micro_batch(task, rows):
-        """Padded features of each column for `rows`, their labels, and the loss with the guide bound in."""
+    def micro_batch(task, rows, sizes=None):
+        """Padded features of each column for `rows`, their labels, and the loss with the guide bound in;
+        given `sizes` (every process's share of the global batch) the loss gathers the global batch."""
         columns = [collate(c, rows) for c in task.columns]
         labels = task.labels[rows].to(device) if task.labels is not None else None
-        loss_fn = task.loss_fn
+        loss_fn = task.loss_fn if sizes is None else world.gathered(task.loss_fn, sizes)
         if task.guide_columns:
             with torch.no_grad(), autocast:
                 guide_embeddings = [guide(collate(c, rows)) for c in task.guide_columns]  # (b, D_guide) each
             loss_fn = functools.partial(loss_fn, guide_embeddings=guide_embeddings)
         return columns, labels, loss_fn
 
-    def embed(features):
+    def embed(features, net=None):
         with autocast:
-            return model(features)  # (b, D) embeddings or (b, 1) logits
+            return (trained if net is None else net)(features)  # (b, D) embeddings or (b, 1) logits
 
-    def train_micro_batch(task, rows, loss_scale):
-        """Forward + backward of one micro-batch; returns the detached loss.
+    def train_micro_batch(task, rows, loss_scale, sync=True):
+        """Forward + backward of one micro-batch (`rows`: the global batch); returns the detached loss.
 
         The loss is computed from the columns' outputs in one place (`loss_fn(outputs, labels)`): a
-        multi-process run would all-gather `outputs` (with grad) and labels here, before the loss.
+        multi-process run embeds this process's share of `rows` and all-gathers the outputs (with grad)
+        and labels before the loss, so every process computes the loss of the whole batch. DDP
+        all-reduces the gradients only when `sync` (the last micro-batch of an optimizer step).
         """
-        columns, labels, loss_fn = micro_batch(task, rows)
+        mine, sizes = world.shard(rows)
+        columns, labels, loss_fn = micro_batch(task, mine, sizes)
         if task.mini_batch_size:
-            return cached_step(embed, columns, loss_fn, task.mini_batch_size, labels=labels, loss_scale=loss_scale)
-        loss = loss_fn([embed(c) for c in columns], labels)
-        (loss * loss_scale).backward()
+            replays = len(columns) * len(chunk_ranges(len(mine), task.mini_batch_size))
+            forward = distributed.SyncLastForward(trained, embed, replays, sync)
+            loss = cached_step(forward, columns, loss_fn, task.mini_batch_size, labels=labels, loss_scale=loss_scale)
+            forward.check()
+            return loss
+        with distributed.sync_gradients(trained, sync):
+            loss = loss_fn([embed(c) for c in columns], labels)
+            (loss * loss_scale).backward()
         return loss.detach()
 
     # ------------------------------------------------------------------ evaluation
@@ -469,7 +487,7 @@ def main(cfg: TrainConfig) -> dict:
             for start in range(0, dev_task.size, cfg.batch_size):
                 rows = list(range(start, min(start + cfg.batch_size, dev_task.size)))
                 columns, labels, loss_fn = micro_batch(dev_task, rows)
-                total += float(loss_fn([embed(c) for c in columns], labels)) * len(rows)
+                total += float(loss_fn([embed(c, model) for c in columns], labels)) * len(rows)
                 n += len(rows)
             metrics["eval_loss"] = total / n
         model.train(was_training)
@@ -488,6 +506,11 @@ def main(cfg: TrainConfig) -> dict:
                               "batch_sampler": sampler_name, "matryoshka_dims": dims, "eval_data": eval_data}
     if resume_dir is not None:
         state = training.load_state(resume_dir)
+        if state["world_size"] != world.world_size:
+            raise ConfigError(
+                f"--resume {resume_dir}: that run had {state['world_size']} process(es), this one has {world.world_size}; "
+                f"resume with the same number (torchrun --nproc_per_node ...), as each process's RNG state is restored"
+            )
         if (state["total_steps"], state["warmup_steps"]) != (total, warmup):
             raise ConfigError(
                 f"--resume {resume_dir}: that run scheduled {state['total_steps']} steps ({state['warmup_steps']} warmup), "
@@ -498,19 +521,20 @@ def main(cfg: TrainConfig) -> dict:
             say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
         records = state["log"]
     else:
-        before = evaluate() if (evaluators or dev_task) else {}
+        before = evaluate() if world.main and (evaluators or dev_task) else {}
         records = [{"step": 0, "epoch": 0.0, **before}] if before else []
     available = sorted({k for r in records for k in r if k.startswith("eval_")})
-    if cfg.metric_for_best_model is not None:
+    if cfg.metric_for_best_model is not None and world.main:
         metric = training.resolve_metric(cfg.metric_for_best_model, available)
         greater = cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss")
         best = training.Best(metric, greater)
 
-    # every check has passed: from here on the run writes to output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    training.remove_partial_saves(output_dir)
-    (output_dir / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
-    log = training.RunLog(output_dir / "log.jsonl", records)
+    # every check has passed: from here on the run (its rank 0) writes to output_dir
+    if world.main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        training.remove_partial_saves(output_dir)
+        (output_dir / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+    log = training.RunLog(output_dir / "log.jsonl", records) if world.main else None
     if resume_dir is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, epoch_step, examples_seen = state["step"], state["epoch"], state["epoch_step"], state["examples_seen"]
@@ -519,32 +543,36 @@ def main(cfg: TrainConfig) -> dict:
         if state["best"] is not None:
             best = training.Best(**state["best"])
         say(f"resumed from {resume_dir} at step {step} of {total}")
-        training.set_rng_state(state["rng"])  # last: nothing before the loop may draw random numbers after this
+        training.set_rng_state(state["rng"][world.rank])  # last: nothing before the loop may draw random numbers after this
 
     def save(at_step):
+        rng = world.all_gather_objects(training.rng_state())  # every process's RNG state, for an exact resume
+        if not world.main:
+            return None
         state = {
             "format": 1, "step": at_step, "epoch": epoch, "epoch_step": epoch_step, "total_steps": total,
-            "warmup_steps": warmup, "optimizer": optimizer.state_dict(), "rng": training.rng_state(), "log": log.records,
+            "warmup_steps": warmup, "optimizer": optimizer.state_dict(), "rng": rng, "log": log.records,
             "best": best.state() if best else None, "window": dict(window), "examples_seen": examples_seen,
-            "config": json.dumps(resolved),
+            "config": json.dumps(resolved), "world_size": world.world_size,
         }
         path = training.save_checkpoint(output_dir, at_step, model, state)
         training.rotate_checkpoints(output_dir, cfg.save_total_limit, best.step if best else None)
         return path
 
     # ------------------------------------------------------------------ the loop
-    say(f"training: {sum(t.size for t in tasks)} rows in {len(tasks)} dataset(s), {total} steps of batch {cfg.batch_size}"
+    per_process = f" ({cfg.batch_size / world.world_size:g} per process)" if world.distributed else ""
+    say(f"training: {sum(t.size for t in tasks)} rows in {len(tasks)} dataset(s), {total} steps of batch {cfg.batch_size}{per_process}"
         f" x {accumulation} accumulation, sampler {sampler_name}, {cfg.lr_scheduler_type} schedule with {warmup} warmup steps")
     model.train()
-    bar = tqdm(total=total, initial=step, disable=cfg.disable_tqdm, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, disable=cfg.disable_tqdm or not world.main, desc="train", dynamic_ncols=True)
     tick = time.perf_counter()
     while step < total:
         steps = training.epoch_steps(schedule, epoch, accumulation)
         while epoch_step < len(steps) and step < total:
             group = steps[epoch_step]
             step_loss = 0.0
-            for d, rows in group:
-                loss = float(train_micro_batch(tasks[d], rows, 1.0 / len(group)))
+            for i, (d, rows) in enumerate(group):
+                loss = float(train_micro_batch(tasks[d], rows, 1.0 / len(group), sync=i == len(group) - 1))
                 if not math.isfinite(loss):
                     raise NonFiniteLoss(_nonfinite(f"the loss is {loss}", step + 1, tasks[d].name, output_dir))
                 step_loss += loss / len(group)
@@ -567,7 +595,7 @@ def main(cfg: TrainConfig) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{window['examples'] / max(elapsed, 1e-9):.1f}")
             epoch_float = epoch + epoch_step / len(steps)
-            if (cfg.logging_steps and step % cfg.logging_steps == 0) or step == total:
+            if world.main and ((cfg.logging_steps and step % cfg.logging_steps == 0) or step == total):
                 record = {"step": step, "epoch": round(epoch_float, 4), "loss": window["loss_sum"] / window["steps"],
                           "lr": lr, "grad_norm": grad_norm, "examples_per_second": round(window["examples"] / max(elapsed, 1e-9), 2)}
                 log.append(record)
@@ -575,19 +603,23 @@ def main(cfg: TrainConfig) -> dict:
                 window.update(loss_sum=0.0, steps=0, examples=0)
                 tick = time.perf_counter()
             paused = time.perf_counter()
+            new_best = False
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total and (evaluators or dev_task):
-                metrics = evaluate()
-                log.append({"step": step, "epoch": round(epoch_float, 4), **metrics})
-                say(training.format_record({"step": step, "epoch": epoch_float, **metrics}, total))
-                new_best = best is not None and best.update(metrics, step)
-            else:
-                new_best = False
+                if world.main:
+                    metrics = evaluate()
+                    log.append({"step": step, "epoch": round(epoch_float, 4), **metrics})
+                    say(training.format_record({"step": step, "epoch": epoch_float, **metrics}, total))
+                    new_best = best is not None and best.update(metrics, step)
+                new_best = world.broadcast(new_best)  # a save gathers every process's RNG state: all must join it
             if (cfg.save_steps and step % cfg.save_steps == 0) or new_best:  # the best must be loadable at the end
                 save(step)
             tick += time.perf_counter() - paused  # examples/s counts training time only
         if epoch_step >= len(steps):
             epoch, epoch_step = epoch + 1, 0
     bar.close()
+    if not world.main:  # rank 0 evaluates, loads the best model and writes final/
+        distributed.close()
+        return {}
 
     # ------------------------------------------------------------------ the end: best model, final eval, save
     final = {}
@@ -616,6 +648,7 @@ def main(cfg: TrainConfig) -> dict:
     card = (cross_encoder_card if is_cross else bi_encoder_card)(model, card_training)
     final_dir = model.save_pretrained(output_dir / "final", model_card=card)
     say(f"saved {final_dir}")
+    distributed.close()
     return final
 
 
@@ -678,6 +711,8 @@ def cli(argv=None) -> int:
     except (ValueError, NonFiniteLoss) as e:  # bad input (DataError, ConfigError, ModelLoadError) or a diverged run
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    finally:
+        distributed.close()
     return 0
 
 

@@ -252,8 +252,9 @@ def set_rng_state(state: dict) -> None:
 # checkpoints intact and never a folder without its state.
 
 STATE_FILE = "training_state.pt"
+# rng: one RNG state per process (a list of rng_state() dicts, by rank); world_size: the number of processes.
 STATE_KEYS = ("format", "step", "epoch", "epoch_step", "total_steps", "warmup_steps", "optimizer", "rng", "log",
-              "best", "window", "examples_seen", "config")
+              "best", "window", "examples_seen", "config", "world_size")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Test hook: the step whose checkpoint save kills its own process after writing the model but
 # before the training state, to prove that `--resume latest` then finds the previous checkpoint.
