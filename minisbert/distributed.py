@@ -108,7 +108,7 @@ class World:
         longest = max(sizes)
         if own.shape[0] < longest:
             own = torch.cat([own, own.new_zeros((longest - own.shape[0], *own.shape[1:]))])  # (max n_r, ...)
-        parts = torch.distributed.nn.functional.all_gather(own)  # W x (max n_r, ...)
+        parts = _AllGather.apply(own).split(longest)  # W x (max n_r, ...)
         return torch.cat([part[:s] for part, s in zip(parts, sizes)])  # (n, ...)
 
     def gathered(self, loss_fn: Callable, sizes: Sequence[int]) -> Callable:
@@ -149,6 +149,30 @@ class World:
         out = [None] * self.world_size
         dist.all_gather_object(out, value)
         return out
+
+
+class _AllGather(torch.autograd.Function):
+    """(m, ...) on each of W processes -> (W m, ...) in rank order, the same on every process.
+
+    Backward: every process holds a gradient for all W m rows; the rows of process r get the sum
+    of all W processes' gradients for them (an all-reduce, then r's slice), so a process's rows
+    receive what every process's loss asks of them. (torch.distributed.nn.functional.all_gather
+    does the same and is deprecated in torch 2.13.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.contiguous()
+        out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))  # (W m, ...)
+        dist.all_gather_into_tensor(out, x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce works in place
+        dist.all_reduce(grad)  # sum over processes, (W m, ...)
+        m = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * m:(dist.get_rank() + 1) * m]  # (m, ...)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -217,15 +241,17 @@ def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
 
     Wrapping broadcasts rank 0's parameters, so a freshly initialized head (a cross-encoder made from
     a bi-encoder) starts equal everywhere. find_unused_parameters: a BERT backbone computes its pooler
-    but a bi-encoder pools the token states itself, so the pooler gets no gradient. broadcast_buffers
+    but a bi-encoder pools the token states itself, so the pooler gets no gradient. forward_sync_buffers
     off: the buffers (position ids) never change, and broadcasting them at every forward would make
-    every forward a collective, which processes with different chunk counts would not match.
+    every forward a collective, which processes with different chunk counts would not match (they
+    are still made equal once, when wrapping).
     Save and evaluate the model itself (`wrapped.module`), never the wrapper: its keys stay clean.
     """
     if not world.distributed:
         return model
     device_ids = [world.device.index] if world.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True,
+                                   forward_sync_buffers=False)
 
 
 def sync_gradients(model: torch.nn.Module, sync: bool):

@@ -1,0 +1,440 @@
+"""minisbert.distributed: N processes with B rows each train like one process with N*B rows.
+
+    shard            contiguous shares of the global batch, stand-in rows (no processes needed)
+    gathered loss    2 gloo processes (forked): the loss and the embedding gradients of every in-batch
+                     loss equal one process's BITWISE, with uneven and empty shares, two hard-negative
+                     columns (ST #3453), labels (cosent), guide embeddings (gist), CE logits (listwise);
+                     the cached step under DDP equals the plain step and all-reduces once per step
+    train.py         torchrun, 2 processes: the weights after 3 optimizer steps equal those of one
+                     process with the same --batch_size (the global batch) within atol 1e-6, for mnrl
+                     and cached_mnrl; rank 0 alone writes clean ST folders; resume with 2 processes is
+                     bitwise exact; resume with another number of processes is refused
+    kill             SIGKILL of rank 1 mid-run: torchrun exits non-zero within 120 s, naming rank 1
+
+Run as a script under torchrun, this file is the driver of the 2-process runs:
+`python -m torch.distributed.run --nproc_per_node 2 tests/test_distributed.py RUNS.json` calls
+train.cli once per flag list in RUNS.json (one launch, so the imports are paid once).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import train  # noqa: E402
+
+from minisbert import losses, training  # noqa: E402
+from minisbert.distributed import SyncLastForward, World  # noqa: E402
+from minisbert.gradcache import cached_step, chunk_ranges  # noqa: E402
+from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
+from minisbert.data import load_dataset  # noqa: E402
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+# 2 processes vs 1 process, after 3 AdamW steps at lr 1e-3. The gradients agree to float summation order
+# (~2e-7 relative: the batch is embedded in 2 forwards instead of 1 and DDP adds 2 partial sums), so the
+# logged loss and gradient norm of every step must agree to REL. AdamW's update lr * m / (sqrt(v) + 1e-8)
+# then magnifies a 1e-11 difference in a gradient entry near zero (attention key biases, whose true
+# gradient is 0; a rare token's embedding) up to ~1e-2 * lr. So: every weight within ATOL (3% of one
+# step), and all but a ten-thousandth of the weights within TIGHT. Measured: max |Δw| 7.6e-6 (mnrl),
+# one of 1.0M weights above 1e-6.
+REL, ATOL, TIGHT = 1e-5, 3e-5, 1e-6
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same thread count as the OMP_NUM_THREADS=1 workers
+    yield
+    torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# shard: no processes needed
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 9])
+def test_shards_are_contiguous_and_cover_the_batch(n, world_size):
+    rows = [100 + i for i in range(n)]  # row ids of a global batch
+    shares = [World(rank=r, world_size=world_size).shard(rows) for r in range(world_size)]
+    sizes = shares[0][1]
+    assert all(s == sizes for _, s in shares)  # every process knows every share's size
+    assert sum(sizes) == n and max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    real = [mine[:size] for (mine, _), size in zip(shares, sizes)]
+    assert sum(real, []) == rows  # contiguous, in order: gathering them rebuilds the global batch
+    for (mine, _), size in zip(shares, sizes):
+        assert mine == (rows[:1] if size == 0 else mine[:size])  # an empty share embeds a stand-in row
+
+
+def test_every_process_shards_the_same_no_duplicates_batches(tmp_path):
+    """The sampler runs in every process with the same seed, so the global batches (and the no-duplicates
+    guarantee, which is theirs) are the same everywhere; each process then takes its share."""
+    path = _quads(tmp_path / "q.jsonl", 30, repeat_every=4)  # some texts repeat across rows
+    ds = load_dataset(path)
+    a = NoDuplicatesBatchSampler(ds, 8, seed=3).batches(0)
+    b = NoDuplicatesBatchSampler(ds, 8, seed=3).batches(0)
+    assert a == b
+    for batch in a:
+        texts = [t for i in batch for t in ds.rows([i])[0]]
+        shares = [World(rank=r, world_size=2).shard(batch) for r in range(2)]
+        union = sum((mine[:sizes[r]] for r, (mine, sizes) in enumerate(shares)), [])
+        assert union == batch and len(set(texts)) == len(texts)
+
+
+# ----------------------------------------------------------------------------------------------
+# the gathered loss, in 2 forked gloo processes
+
+
+def _global_batch(n, K, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, D, generator=g) for _ in range(K)], torch.rand(n, generator=g)
+
+
+LOSS_CASES = {  # name: (column loss, number of columns, guide columns?, output width)
+    "mnrl_two_hard_negatives": (training.column_loss("mnrl"), 4, False, 8),
+    "matryoshka_mnrl": (losses.matryoshka(training.column_loss("mnrl"), [8, 4]), 4, False, 8),
+    "mnrl_symmetric": (training.column_loss("mnrl_symmetric"), 2, False, 8),
+    "gist_two_hard_negatives": (training.column_loss("gist"), 4, True, 8),
+    "cosent_labels": (training.column_loss("cosent"), 2, False, 8),
+    "listwise_logits": (training.column_loss("listwise"), 3, False, 1),
+}
+
+
+def _check_gathered_losses(world: World):
+    for name, (fn, K, guided, D) in LOSS_CASES.items():
+        for n in (5, 8, 1):  # uneven shares, even shares, an empty share (rank 1 embeds a stand-in row)
+            columns, labels = _global_batch(n, K, D, seed=n)
+            guide = _global_batch(n, K, 8, seed=100 + n)[0] if guided else None
+            kw = {"guide_embeddings": guide} if guided else {}
+            leaves = [c.clone().requires_grad_() for c in columns]
+            reference = fn(leaves, labels, **kw)  # one process, the whole batch
+            reference.backward()
+
+            mine, sizes = world.shard(list(range(n)))
+            local = [c[mine].clone().requires_grad_() for c in columns]
+            kw = {"guide_embeddings": [g[mine] for g in guide]} if guided else {}
+            loss = world.gathered(fn, sizes)(local, labels[mine], **kw)
+            loss.backward()
+            size = sizes[world.rank]
+            where = f"{name}, n={n}, rank {world.rank}"
+            assert torch.equal(loss, reference), where
+            for k, (leaf, ref) in enumerate(zip(local, leaves)):
+                # all_gather's backward sums the W identical losses' gradients; DDP divides by W
+                assert torch.equal(leaf.grad[:size] / world.world_size, ref.grad[mine[:size]]), f"{where}, column {k}"
+                assert not leaf.grad[size:].any(), f"{where}: the stand-in row got a gradient"
+
+
+class _Encoder(torch.nn.Module):
+    """A stand-in for BiEncoder: a feature dict with batch-first "x" (b, 6) -> (b, 8), plus an unused layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
+        self.unused = torch.nn.Linear(8, 8)  # as BERT's pooler in a bi-encoder: no gradient, ever
+
+    def forward(self, features):
+        return self.body(features["x"])
+
+
+def _check_cached_step_under_ddp(world: World):
+    """cached_step + SyncLastForward under DDP == one process's plain step; one all-reduce per step."""
+    n, m = 7, 2  # shares of 4 and 3 rows, chunks of 2
+    inputs = [torch.randn(n, 6, generator=torch.Generator().manual_seed(k)) for k in range(3)]  # anchor, pos, neg
+    fn = training.column_loss("mnrl")
+
+    single = _Encoder()
+    fn([single({"x": x}) for x in inputs], None).backward()
+
+    model = _Encoder()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True, forward_sync_buffers=False)
+    all_reduces = []
+
+    def counting_hook(state, bucket):
+        all_reduces.append(bucket.index())
+        return allreduce_hook(state, bucket)
+
+    ddp.register_comm_hook(None, counting_hook)
+    mine, sizes = world.shard(list(range(n)))
+    columns = [{"x": x[mine]} for x in inputs]
+    forward = SyncLastForward(ddp, ddp, len(columns) * len(chunk_ranges(len(mine), m)))
+    cached_step(forward, columns, world.gathered(fn, sizes), m)
+    forward.check()
+    assert all_reduces == [0], all_reduces  # one bucket, all-reduced once: after the last replay
+    for (name, p), q in zip(model.named_parameters(), single.parameters()):
+        if name.startswith("unused"):
+            assert p.grad is None and q.grad is None, name  # untouched, so AdamW skips it in both
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-6, msg=name)
+
+    with pytest.raises(RuntimeError, match="forwards with grad"):  # a count that would skip the sync fails loudly
+        wrong = SyncLastForward(ddp, ddp, 5)
+        wrong({"x": inputs[0][mine]})
+        wrong.check()
+
+
+def _gather_worker(rank: int, world_size: int, store: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        world = World(rank=rank, world_size=world_size)
+        _check_gathered_losses(world)
+        _check_cached_step_under_ddp(world)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_losses_and_cached_ddp_step_equal_one_process(tmp_path):
+    # fork: the children reuse this process's imports (spawn would re-import torch in each)
+    torch.multiprocessing.start_processes(_gather_worker, args=(2, str(tmp_path / "store")), nprocs=2,
+                                          start_method="fork")
+
+
+def test_single_process_world_changes_nothing():
+    world = World()
+    fn = training.column_loss("mnrl")
+    assert world.gathered(fn, [4]) is fn and world.shard([3, 1, 2]) == ([3, 1, 2], [3])
+    model = torch.nn.Linear(2, 2)
+    forward = SyncLastForward(model, model, forwards=99)
+    forward(torch.ones(1, 2))
+    forward.check()  # no DDP: nothing to check
+
+
+# ----------------------------------------------------------------------------------------------
+# train.py under torchrun
+
+
+TEXTS = None
+
+
+def _texts() -> list[str]:
+    global TEXTS
+    if TEXTS is None:
+        rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "stsb_test_500.jsonl").read_text().splitlines()]
+        TEXTS = list(dict.fromkeys(t for r in rows for t in (r["sentence1"], r["sentence2"])))
+    return TEXTS
+
+
+def _quads(path: Path, n: int, repeat_every: int = 0) -> Path:
+    """n rows (anchor, positive, negative_1, negative_2); unique texts unless repeat_every > 0."""
+    t = _texts()
+    rows = []
+    for i in range(n):
+        j = i % repeat_every if repeat_every and i % 3 == 0 else i
+        rows.append({"anchor": t[4 * i], "positive": t[4 * i + 1], "negative_1": t[4 * i + 2], "negative_2": t[4 * j + 3]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(args, log: Path) -> subprocess.Popen:
+    """`python -m torch.distributed.run --nproc_per_node 2 ARGS` in its own session, output to `log`."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), *map(str, args)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the session this test started: torchrun and its workers
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import tiny_models
+
+    folder = tiny_models.build("bert", tmp_path_factory.mktemp("models") / "still")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # same masks in 1 and 2 processes: none
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _flags(model_dir, data, out, *extra):
+    return ["--model", str(model_dir), "--data", str(data), "--output_dir", str(out), "--eval_data", "none",
+            "--batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1", "--device", "cpu",
+            "--disable_tqdm", *extra]
+
+
+@pytest.fixture(scope="module")
+def runs(model_dir, tmp_path_factory):
+    """The same trainings with 1 process (here) and 2 processes (one torchrun launch, three runs)."""
+    root = tmp_path_factory.mktemp("runs")
+    mnrl_data = _quads(root / "quads21.jsonl", 21)  # batches 8, 8, 5: the last one splits 3 + 2
+    cached_data = _quads(root / "quads33.jsonl", 33)  # 8, 8 | 8, 8 | 1: the last leaves rank 1 a stand-in row
+    mnrl = ["--loss", "mnrl", "--save_steps", "0"]
+    cached = ["--loss", "cached_mnrl", "--mini_batch_size", "3", "--gradient_accumulation_steps", "2", "--save_steps", "1"]
+    two = [
+        _flags(model_dir, mnrl_data, root / "mnrl-2", *mnrl),
+        _flags(model_dir, cached_data, root / "cached-2", *cached),
+        _flags(model_dir, cached_data, root / "cached-2-resumed", *cached, "--resume", root / "cached-2" / "checkpoint-1"),
+    ]
+    spec = root / "runs.json"
+    spec.write_text(json.dumps([{"flags": [str(f) for f in flags], "port": _free_port()} for flags in two]))
+    proc = _torchrun([Path(__file__).resolve(), spec], root / "torchrun.log")
+    try:
+        # meanwhile, the one-process runs in this process
+        assert train.cli(_flags(model_dir, mnrl_data, root / "mnrl-1", *mnrl)) == 0
+        assert train.cli(_flags(model_dir, cached_data, root / "cached-1", *cached)) == 0
+        proc.wait(timeout=300)
+    finally:
+        _stop(proc)
+    output = (root / "torchrun.log").read_text()
+    assert proc.returncode == 0, output[-6000:]
+    return {"root": root, "output": output, "mnrl_data": mnrl_data, "cached_data": cached_data}
+
+
+def _weights(run: Path) -> dict:
+    return load_file(run / "final" / "model.safetensors")
+
+
+def _logged(run: Path, key="loss") -> list:
+    return [r[key] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if key in r]
+
+
+def _assert_same_training(one: Path, two: Path, model_dir: Path):
+    initial = load_file(model_dir / "model.safetensors")
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    above = sum(int(((a[k] - b[k]).abs() > TIGHT).sum()) for k in a)
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=ATOL) for k in a), f"max |Δw| = {worst:.3g}"
+    assert above <= 1e-4 * sum(v.numel() for v in a.values()), f"{above} weights differ by more than {TIGHT}"
+    assert any(not torch.equal(a[k], initial[k]) for k in a)  # it did train
+    # parameters without gradient (BERT's pooler) stay untouched in both: DDP leaves their grad None
+    untouched = {k for k in a if torch.equal(a[k], initial[k])}
+    assert untouched == {k for k in b if torch.equal(b[k], initial[k])} and all(k.startswith("pooler.") for k in untouched)
+    assert _logged(one, "step") == _logged(two, "step") == [1, 2, 3]
+    assert _logged(two) == pytest.approx(_logged(one), rel=REL)
+    # AdamW and clipping are blind to a gradient's scale (a missed 1/W would not move the weights);
+    # the norm before clipping is not
+    assert _logged(two, "grad_norm") == pytest.approx(_logged(one, "grad_norm"), rel=REL)
+    print(f"{two.name}: max |Δw| {worst:.2g}, {above} weights above {TIGHT}")
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "cached"])
+def test_two_processes_train_like_one_process_with_the_global_batch(loss, runs, model_dir):
+    batches = NoDuplicatesBatchSampler(load_dataset(runs[f"{loss}_data"]), 8, seed=42).batches(0)
+    expected = {"mnrl": [8, 8, 5], "cached": [8, 8, 8, 8, 1]}[loss]
+    assert [len(b) for b in batches] == expected  # the uneven and the stand-in shares are exercised
+    _assert_same_training(runs["root"] / f"{loss}-1", runs["root"] / f"{loss}-2", model_dir)
+
+
+def test_rank0_alone_writes_clean_st_folders_and_per_process_state(runs):
+    root = runs["root"]
+    one, two = root / "cached-1", root / "cached-2"
+    assert {p.name for p in (two / "final").iterdir()} == {p.name for p in (one / "final").iterdir()}
+    assert not any(k.startswith("module.") for k in _weights(two))  # the backbone, not the DDP wrapper
+    assert [s for s, _ in training.checkpoints(two)] == [1, 2, 3]
+    state = training.load_state(two / "checkpoint-2")
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each process its own dropout stream
+    assert training.load_state(one / "checkpoint-2")["world_size"] == 1
+    assert runs["output"].count("step 3/3") == 3  # once per run (3 runs): only rank 0 prints
+
+
+def test_resume_with_two_processes_is_bitwise_exact(runs):
+    root = runs["root"]
+    straight, resumed = _weights(root / "cached-2"), _weights(root / "cached-2-resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert _logged(root / "cached-2-resumed") == _logged(root / "cached-2")
+
+
+def test_resume_with_another_number_of_processes_is_refused(runs, model_dir, tmp_path):
+    flags = _flags(model_dir, runs["cached_data"], tmp_path / "out", "--loss", "cached_mnrl", "--mini_batch_size", "3",
+                   "--gradient_accumulation_steps", "2", "--resume", str(runs["root"] / "cached-2" / "checkpoint-1"))
+    with pytest.raises(training.ConfigError, match=r"that run had 2 process\(es\), this one has 1"):
+        train.main(train.parse_args(flags))
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# a killed process fails the run, it does not hang
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [int(v[5:]) for v in env if v.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc")
+def test_sigkill_of_one_rank_fails_the_run_quickly(model_dir, tmp_path):
+    data = _quads(tmp_path / "quads.jsonl", 40)
+    out = tmp_path / "run"
+    proc = _torchrun(["train.py", *_flags(model_dir, data, out, "--max_steps", "100000", "--save_steps", "0")],
+                     tmp_path / "torchrun.log")
+    try:
+        deadline = time.monotonic() + 180
+        while not ((out / "log.jsonl").is_file() and len((out / "log.jsonl").read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "torchrun.log").read_text()[-3000:]
+            time.sleep(0.2)
+        victim = next(p for p in _descendants(proc.pid) if _rank_of(p) == 1)  # training, mid-run
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(timeout=120)
+        took = time.monotonic() - killed
+    finally:
+        _stop(proc)
+    output = (tmp_path / "torchrun.log").read_text()
+    assert proc.returncode != 0, output[-3000:]
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)\s*\n\s*exitcode\s*:\s*-9", output), output[-3000:]
+    assert "Signal 9 (SIGKILL)" in output
+    assert took < 120
+    assert not (out / "final").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the torchrun driver of `runs`
+
+
+def _drive(spec: str) -> int:
+    runs = json.loads(Path(spec).read_text())
+    for i, run in enumerate(runs):
+        if i:  # a second process group on torchrun's own store hangs: later runs meet on a fresh port
+            os.environ.update(MASTER_PORT=str(run["port"]), TORCHELASTIC_USE_AGENT_STORE="False")
+        rc = train.cli(run["flags"])
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_drive(sys.argv[1]))
