@@ -3,8 +3,8 @@
     column losses      which embedding columns go where in each --loss, and what data each one needs
     optimizer          AdamW with weight decay off for biases and norm weights (transformers' rule)
     LR schedule        warmup, then linear / cosine / constant, as a pure function of the step
-    steps per epoch    sampler batches -> optimizer steps (accumulation), and the one place that
-                       would shard each global batch across processes
+    steps per epoch    sampler batches -> optimizer steps (accumulation); the batches are global,
+                       each process takes its share of them (distributed.World.shard)
     training state     optimizer, step, sampler position, RNG states, the log: one file beside the
                        model in every checkpoint, loaded with torch.load(weights_only=True)
     checkpoints        atomic write, `latest`, rotation that never deletes the best
@@ -200,15 +200,14 @@ def total_steps(schedule, num_train_epochs: int, max_steps: int, accumulation: i
     return sum(steps_in_epoch(schedule.num_batches(e), accumulation) for e in range(num_train_epochs))
 
 
-def epoch_steps(schedule, epoch: int, accumulation: int, rank: int = 0, world_size: int = 1) -> list[list[tuple[int, list[int]]]]:
+def epoch_steps(schedule, epoch: int, accumulation: int) -> list[list[tuple[int, list[int]]]]:
     """The optimizer steps of `epoch`: each a list of `accumulation` micro-batches (dataset index, rows).
 
-    sampler -> batches -> shard happens here and only here: a multi-process run gives process `rank`
-    the rows [rank::world_size] of every global batch (and gathers the embeddings before the loss).
+    The rows are the global batch, the same in every process of a multi-process run (same sampler,
+    same seed); train.py gives each process its contiguous share (distributed.World.shard) and
+    gathers the embeddings before the loss.
     """
     batches = schedule.batches(epoch)
-    if world_size > 1:
-        batches = [(d, rows[rank::world_size]) for d, rows in batches]
     return [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
 
 

@@ -125,7 +125,7 @@ def test_warmup_ratio_rounds_up_like_transformers():
     assert training.resolve_warmup(101, 5, 0.1) == 5
 
 
-def test_epoch_steps_group_micro_batches_and_shard():
+def test_epoch_steps_group_micro_batches():
     class Schedule:
         def batches(self, epoch):
             return [(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7]), (0, [8, 9, 10, 11])]
@@ -136,8 +136,6 @@ def test_epoch_steps_group_micro_batches_and_shard():
     steps = training.epoch_steps(Schedule(), 0, 2)
     assert steps == [[(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7])], [(0, [8, 9, 10, 11])]]
     assert training.total_steps(Schedule(), 3, -1, 2) == 6 and training.total_steps(Schedule(), 3, 4, 2) == 4
-    rank1 = training.epoch_steps(Schedule(), 0, 1, rank=1, world_size=2)
-    assert rank1 == [[(0, [1, 3])], [(1, [5, 7])], [(0, [9, 11])]]
 
 
 # ----------------------------------------------------------------------------------------------
