@@ -41,6 +41,11 @@ class NonFiniteLoss(RuntimeError):
     """The loss or the gradient became NaN/inf; the message names the step and the last good checkpoint."""
 
 
+class SaveError(OSError):
+    """A checkpoint or model folder could not be written (disk full, permissions); the message names the
+    folder and the last complete checkpoint, which the failed save left untouched."""
+
+
 # ----------------------------------------------------------------------------------------------
 # column losses: outputs of the model for each column of a batch -> one scalar
 #
@@ -266,12 +271,24 @@ def save_checkpoint(output_dir: Path, step: int, model, state: dict) -> Path:
     if missing:
         raise ValueError(f"training state lacks {sorted(missing)}")
     target = Path(output_dir) / f"checkpoint-{step}"
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        if os.environ.get(KILL_DURING_SAVE) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        torch.save(state, tmp / STATE_FILE)
+    try:
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            if os.environ.get(KILL_DURING_SAVE) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            torch.save(state, tmp / STATE_FILE)
+    except OSError as e:  # disk full, quota, permissions: atomic_dir has removed the partial folder
+        raise SaveError(save_failed(target, e, output_dir)) from e
     return target
+
+
+def save_failed(target: Path, error: OSError, output_dir: Path) -> str:
+    """The message for a save that failed with `error`: what, why, and where the run can continue from."""
+    found = checkpoints(output_dir)
+    last = f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was saved before"
+    why = f"{error.strerror} (errno {error.errno})" if error.strerror else str(error)
+    return (f"could not write {target}: {why}. Nothing was half-written: {last}; free space (or fix the "
+            f"permissions) and continue with --resume latest")
 
 
 def load_state(folder: Path) -> dict:
@@ -330,7 +347,11 @@ def rotate_checkpoints(output_dir: Path, save_total_limit: int | None, keep_step
     deleted = []
     for step, path in found:
         if step not in newest and step != keep_step:
-            shutil.rmtree(path)
+            # Renamed first: a kill mid-delete leaves a hidden folder (removed at the next start), never
+            # a checkpoint-<step> that lost its weights but kept its state file and so looks complete.
+            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.rename(path, trash)
+            shutil.rmtree(trash)
             deleted.append(step)
     return deleted
 
