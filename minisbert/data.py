@@ -137,7 +137,8 @@ def _read_jsonl(path: Path, source: str, limit) -> list:
         try:
             record = json.loads(line)
         except (ValueError, RecursionError) as e:  # also: an integer of >4300 digits, absurd nesting
-            why = f"{e.msg} at character {e.colno}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            why = (f"{e.msg} at character {e.colno}" if isinstance(e, json.JSONDecodeError)
+                   else "nested too deeply" if isinstance(e, RecursionError) else "a number too long to read")
             raise DataError(f"{source}, line {number}: not valid JSON ({why})") from None
         if not isinstance(record, dict):
             raise DataError(f"{source}, line {number}: expected a JSON object {{...}}, got {_describe(record)}")

@@ -40,7 +40,9 @@ Shapes: Q queries, C corpus chunk, K retrieved per query, N texts, D width.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,27 +56,32 @@ from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
 # Readers
 
 
-def _open_text(path: Path):
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a BOM is dropped), or a ValueError naming the file and the line of the bad byte."""
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
-    return open(path, encoding="utf-8", newline="")
+    from .data import _read_text
+
+    return _read_text(path, str(path))
 
 
 def read_jsonl(path) -> list[dict]:
     """Rows of a JSON-lines file; blank lines are skipped."""
     path = Path(path)
     rows = []
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+    # Split on "\n" only: U+2028 and friends are legal inside JSON strings.
+    for line_no, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:  # also: an integer of >4300 digits, absurd nesting
+            why = (e.msg if isinstance(e, json.JSONDecodeError)
+                   else "nested too deeply" if isinstance(e, RecursionError) else "a number too long to read")
+            raise ValueError(f"{path}:{line_no}: not valid JSON ({why})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -82,17 +89,28 @@ def read_rows(path) -> list[dict]:
     """Rows of a .jsonl, .csv or .tsv file (the latter two with a header line)."""
     path = Path(path)
     if path.suffix in (".csv", ".tsv"):
-        with _open_text(path) as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ",", quoting=csv.QUOTE_MINIMAL)
-            rows = []
-            for row in reader:
+        text = _read_text(path)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",",
+                                quoting=csv.QUOTE_MINIMAL)
+        rows = []
+        previous_limit = csv.field_size_limit(2**31 - 1)  # the default (131072 chars) rejects long texts
+        try:
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    raise ValueError(f"{path}:{reader.line_num}: malformed {path.suffix[1:]} ({e})") from None
                 if None in row or None in row.values():
                     raise ValueError(
                         f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
                         f"({', '.join(reader.fieldnames)}), got a different number"
                     )
                 rows.append(row)
-            return rows
+        finally:
+            csv.field_size_limit(previous_limit)
+        return rows
     return read_jsonl(path)
 
 
@@ -138,6 +156,11 @@ def read_beir(folder, split: str = "test") -> tuple[dict[str, str], dict[str, st
             for key in keys:
                 if key not in row:
                     raise ValueError(f"{path}: record {line_no} has no {key!r} field (has {sorted(row)})")
+            if isinstance(row["_id"], bool) or not isinstance(row["_id"], (str, int)):
+                raise ValueError(f"{path}: record {line_no}: '_id' must be a string or an integer, got {row['_id']!r:.60}")
+            for key in ("title", "text"):
+                if row.get(key) is not None and not isinstance(row[key], str):
+                    raise ValueError(f"{path}: record {line_no}: {key!r} must be a string, got {row[key]!r:.60}")
             title = row.get("title") or ""
             target[str(row["_id"])] = (title + " " + (row["text"] or "")).strip() if title else (row["text"] or "")
     if not corpus:
@@ -146,26 +169,27 @@ def read_beir(folder, split: str = "test") -> tuple[dict[str, str], dict[str, st
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise ValueError(f"{qrels_path}: file not found (qrels splits available: {available})")
     qrels: dict[str, dict[str, float]] = {}
-    with _open_text(qrels_path) as f:
-        for line_no, line in enumerate(f, 1):
-            fields = line.rstrip("\r\n").split("\t")
-            if line_no == 1 and fields[:2] == ["query-id", "corpus-id"]:
-                continue
-            if not line.strip():
-                continue
-            if len(fields) < 2:
-                raise ValueError(f"{qrels_path}:{line_no}: expected 'query-id<TAB>corpus-id<TAB>score', got {line.strip()!r}")
-            qid, cid = fields[0], fields[1]
-            try:
-                grade = float(fields[2]) if len(fields) > 2 else 1.0
-            except ValueError:
-                raise ValueError(f"{qrels_path}:{line_no}: score {fields[2]!r} is not a number") from None
-            if qid not in queries:
-                raise ValueError(f"{qrels_path}:{line_no}: query-id {qid!r} is not in {queries_path.name}")
-            if cid not in corpus:
-                raise ValueError(f"{qrels_path}:{line_no}: corpus-id {cid!r} is not in {corpus_path.name}")
-            if grade > 0:
-                qrels.setdefault(qid, {})[cid] = grade
+    for line_no, line in enumerate(_read_text(qrels_path).split("\n"), 1):
+        fields = line.rstrip("\r").split("\t")
+        if line_no == 1 and fields[:2] == ["query-id", "corpus-id"]:
+            continue
+        if not line.strip():
+            continue
+        if len(fields) < 2:
+            raise ValueError(f"{qrels_path}:{line_no}: expected 'query-id<TAB>corpus-id<TAB>score', got {line.strip()!r:.80}")
+        qid, cid = fields[0], fields[1]
+        try:
+            grade = float(fields[2]) if len(fields) > 2 else 1.0
+        except ValueError:
+            grade = math.nan
+        if not math.isfinite(grade):
+            raise ValueError(f"{qrels_path}:{line_no}: score {fields[2]!r:.40} is not a finite number")
+        if qid not in queries:
+            raise ValueError(f"{qrels_path}:{line_no}: query-id {qid!r:.60} is not in {queries_path.name}")
+        if cid not in corpus:
+            raise ValueError(f"{qrels_path}:{line_no}: corpus-id {cid!r:.60} is not in {corpus_path.name}")
+        if grade > 0:
+            qrels.setdefault(qid, {})[cid] = grade
     return queries, corpus, qrels
 
 
@@ -175,7 +199,17 @@ def read_rerank_samples(path) -> list[dict]:
     if not rows:
         raise ValueError(f"{path}: no rows")
     for i, row in enumerate(rows, 1):
-        _check_rerank_sample(row, f"{path}: row {i}")
+        where = f"{path}: row {i}"
+        _check_rerank_sample(row, where)
+        for key in ("query", "positive", "negative", "documents"):
+            value = row.get(key)
+            if key in row and not (isinstance(value, str) or (key != "query" and isinstance(value, list)
+                                                              and all(isinstance(v, str) for v in value))):
+                expected = "a string" if key == "query" else "a string or a list of strings"
+                raise ValueError(f"{where}: {key!r} must be {expected}, got {value!r:.60}")
+        for key in ("negative", "documents"):  # one candidate in a csv/tsv cell: a list of one, not of characters
+            if isinstance(row.get(key), str):
+                row[key] = [row[key]]
     return rows
 
 
@@ -622,7 +656,7 @@ class CrossEncoderRerankingEvaluator(Evaluator):
         for s in self.samples:
             positive = _as_list(s["positive"])
             if "documents" in s:
-                documents = list(s["documents"])
+                documents = _as_list(s["documents"])
                 in_order = [int(d in positive) for d in documents]
                 if sum(in_order) == 0:
                     base.append((0.0, 0.0, 0.0))
@@ -635,8 +669,9 @@ class CrossEncoderRerankingEvaluator(Evaluator):
                 else:
                     docs, rel = documents, [int(d in positive) for d in documents]
             else:
-                docs = positive + list(s["negative"])
-                rel = [1] * len(positive) + [0] * len(s["negative"])
+                negative = _as_list(s["negative"])  # a string is one candidate, not a list of characters
+                docs = positive + negative
+                rel = [1] * len(positive) + [0] * len(negative)
             if sum(rel) == 0:
                 relevance.append(None)
                 continue
