@@ -7,8 +7,9 @@
                      the cached step under DDP equals the plain step and all-reduces once per step
     train.py         torchrun, 2 processes: the weights after 3 optimizer steps equal those of one
                      process with the same --batch_size (the global batch) within atol 1e-6, for mnrl
-                     and cached_mnrl; rank 0 alone writes clean ST folders; resume with 2 processes is
-                     bitwise exact; resume with another number of processes is refused
+                     and cached_mnrl; rank 0 alone writes clean ST folders, evaluates and keeps the best
+                     checkpoint as one process does; resume with 2 processes is bitwise exact; resume
+                     with another number of processes is refused
     kill             SIGKILL of rank 1 mid-run: torchrun exits non-zero within 120 s, naming rank 1
 
 Run as a script under torchrun, this file is the driver of the 2-process runs:
@@ -19,10 +20,10 @@ train.cli once per flag list in RUNS.json (one launch, so the imports are paid o
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import train  # noqa: E402
 
-from minisbert import losses, training  # noqa: E402
+from minisbert import distributed, losses, training  # noqa: E402
 from minisbert.distributed import SyncLastForward, World  # noqa: E402
 from minisbert.gradcache import cached_step, chunk_ranges  # noqa: E402
 from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
@@ -210,6 +211,21 @@ def test_gathered_losses_and_cached_ddp_step_equal_one_process(tmp_path):
                                           start_method="fork")
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "MASTER_ADDR is not set; launch with torchrun"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0"}, r"RANK=2 is not in \[0, WORLD_SIZE=2\)"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+])
+def test_a_broken_launch_environment_is_named(env, message, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(training.ConfigError, match=message):
+        distributed.init("cpu")
+    assert not dist.is_initialized()
+
+
 def test_single_process_world_changes_nothing():
     world = World()
     fn = training.column_loss("mnrl")
@@ -224,15 +240,11 @@ def test_single_process_world_changes_nothing():
 # train.py under torchrun
 
 
-TEXTS = None
-
-
+@functools.cache
 def _texts() -> list[str]:
-    global TEXTS
-    if TEXTS is None:
-        rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "stsb_test_500.jsonl").read_text().splitlines()]
-        TEXTS = list(dict.fromkeys(t for r in rows for t in (r["sentence1"], r["sentence2"])))
-    return TEXTS
+    """The 925 distinct sentences of the committed STSb slice."""
+    rows = [json.loads(line) for line in (ROOT / "tests" / "data" / "stsb_test_500.jsonl").read_text().splitlines()]
+    return list(dict.fromkeys(t for r in rows for t in (r["sentence1"], r["sentence2"])))
 
 
 def _quads(path: Path, n: int, repeat_every: int = 0) -> Path:
@@ -288,12 +300,18 @@ def runs(model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     mnrl_data = _quads(root / "quads21.jsonl", 21)  # batches 8, 8, 5: the last one splits 3 + 2
     cached_data = _quads(root / "quads33.jsonl", 33)  # 8, 8 | 8, 8 | 1: the last leaves rank 1 a stand-in row
+    triplets = root / "dev.jsonl"  # evaluation data: rank 0 evaluates, the best checkpoint is kept and loaded
+    quads = [json.loads(line) for line in _quads(root / "dev-quads.jsonl", 60).read_text().splitlines()][40:]
+    triplets.write_text("".join(json.dumps({"anchor": q["anchor"], "positive": q["positive"], "negative": q["negative_1"]}) + "\n"
+                                for q in quads))
     mnrl = ["--loss", "mnrl", "--save_steps", "0"]
+    evaluated = [*mnrl, "--eval_data", f"dev={triplets}", "--eval_steps", "1", "--metric_for_best_model", "dev_cosine_accuracy"]
     cached = ["--loss", "cached_mnrl", "--mini_batch_size", "3", "--gradient_accumulation_steps", "2", "--save_steps", "1"]
     two = [
         _flags(model_dir, mnrl_data, root / "mnrl-2", *mnrl),
         _flags(model_dir, cached_data, root / "cached-2", *cached),
         _flags(model_dir, cached_data, root / "cached-2-resumed", *cached, "--resume", root / "cached-2" / "checkpoint-1"),
+        _flags(model_dir, mnrl_data, root / "evaluated-2", *evaluated),
     ]
     spec = root / "runs.json"
     spec.write_text(json.dumps([{"flags": [str(f) for f in flags], "port": _free_port()} for flags in two]))
@@ -302,6 +320,7 @@ def runs(model_dir, tmp_path_factory):
         # meanwhile, the one-process runs in this process
         assert train.cli(_flags(model_dir, mnrl_data, root / "mnrl-1", *mnrl)) == 0
         assert train.cli(_flags(model_dir, cached_data, root / "cached-1", *cached)) == 0
+        assert train.cli(_flags(model_dir, mnrl_data, root / "evaluated-1", *evaluated)) == 0
         proc.wait(timeout=300)
     finally:
         _stop(proc)
@@ -356,7 +375,18 @@ def test_rank0_alone_writes_clean_st_folders_and_per_process_state(runs):
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each process its own dropout stream
     assert training.load_state(one / "checkpoint-2")["world_size"] == 1
-    assert runs["output"].count("step 3/3") == 3  # once per run (3 runs): only rank 0 prints
+    assert runs["output"].count("step 3/3 | epoch 1.00 | loss") == 4  # once per run (4 runs): only rank 0 prints
+
+
+def test_rank0_evaluates_and_keeps_the_best_checkpoint_as_one_process_does(runs):
+    """Evaluation at every step on rank 0; its "new best" reaches every process (a save gathers all RNG states)."""
+    one, two = runs["root"] / "evaluated-1", runs["root"] / "evaluated-2"
+    records = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_dev_cosine_accuracy" in r]
+    assert [r["step"] for r in evals][:3] == [0, 1, 2]  # before training, then every step; the end may add a best reload
+    assert [s for s, _ in training.checkpoints(two)] == [s for s, _ in training.checkpoints(one)]
+    assert _logged(two, "eval_dev_cosine_accuracy") == pytest.approx(_logged(one, "eval_dev_cosine_accuracy"), abs=1e-6)
+    assert (two / "final" / "model.safetensors").is_file()
 
 
 def test_resume_with_two_processes_is_bitwise_exact(runs):
