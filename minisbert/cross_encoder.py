@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
+from . import packing
 from .backbone import (
     Truncation, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
     quiet_transformers,
@@ -111,7 +112,8 @@ class CrossEncoder(nn.Module):
     def forward(self, features: dict) -> torch.Tensor:
         """Raw logits (B, C); no activation (losses such as bce take logits)."""
         inputs = {k: features[k].to(self.device) for k in self._model_inputs if k in features}
-        return self.model(**inputs).logits
+        logits = packing.classifier_logits(self.model, inputs)  # padding-free where it applies (packing.py)
+        return logits if logits is not None else self.model(**inputs).logits
 
     # ------------------------------------------------------------------ inference
 

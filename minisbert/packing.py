@@ -252,6 +252,33 @@ def hidden_states(backbone, columns: list[dict]) -> list[Tensor] | None:
     return None if p is None else unpack(encode_packed(backbone, p), p)
 
 
+# Sequence-classification heads that read the first token's state: (attribute of the encoder, head kind).
+CLASSIFIERS = {
+    "BertForSequenceClassification": ("bert", "pooler"),
+    "RobertaForSequenceClassification": ("roberta", "first_token"),
+    "XLMRobertaForSequenceClassification": ("roberta", "first_token"),
+    "CamembertForSequenceClassification": ("roberta", "first_token"),
+}
+
+
+def classifier_logits(model, features: dict) -> Tensor | None:
+    """A transformers sequence classifier's logits (B, C) from one packed pass, or None where the packed
+    path does not apply (another head or backbone, or a batch whose first column is padding: the head
+    reads position 0 of the padded batch, which only right padding keeps a real token)."""
+    kind = CLASSIFIERS.get(type(model).__name__)
+    if kind is None or not bool(features["attention_mask"][:, 0].all()):
+        return None
+    encoder = getattr(model, kind[0], None)
+    if encoder is None or not supports(encoder):
+        return None
+    hidden = hidden_states(encoder, [features])
+    if hidden is None:
+        return None
+    if kind[1] == "pooler":  # BERT: tanh(dense(h[:, 0])) -> dropout -> linear
+        return model.classifier(model.dropout(encoder.pooler(hidden[0])))
+    return model.classifier(hidden[0])  # RoBERTa's head takes h[:, 0] itself
+
+
 def embed_columns(model, columns: list[dict]) -> list[Tensor]:
     """K columns of a BiEncoder's `tokenize` output -> K x (B_k, D) embeddings, one packed forward for all.
 

@@ -162,3 +162,39 @@ def test_pack_layout():
     assert back[0][..., 0].tolist() == [[1, 2, 0], [3, 4, 5]]
     assert back[1][..., 0].tolist() == [[0, 6], [7, 8]]
     assert packing.pack([{"input_ids": torch.tensor([[0]]), "attention_mask": torch.tensor([[0]])}]) is None
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr"])
+def test_cross_encoder_logits_equal_padded(tiny_classifier_dirs, kind):
+    from minisbert import CrossEncoder
+
+    model = CrossEncoder.from_pretrained(tiny_classifier_dirs[kind]).eval()
+    pairs = list(zip(TEXTS, TEXTS[::-1]))
+    features = model.tokenize(pairs)
+    assert packing.classifier_logits(model.model, features) is not None
+    with torch.no_grad():
+        ours = model(features)
+        with packing.disabled():
+            ref = model(features)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    no_dropout(model)
+    model.zero_grad()
+    model(features).sum().backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    with packing.disabled():
+        model(features).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(ours) == set(ref)
+    scale = max(g.abs().max() for g in ref.values())
+    for name in ours:
+        torch.testing.assert_close(ours[name], ref[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_cross_encoder_left_padded_batch_uses_the_padded_path(tiny_classifier_dirs):
+    from minisbert import CrossEncoder
+
+    model = CrossEncoder.from_pretrained(tiny_classifier_dirs["bert"])
+    features = model.tokenize([("a", "b"), ("a longer query", "and a longer document")])
+    features["attention_mask"] = features["attention_mask"].flip(1)  # left padding
+    assert packing.classifier_logits(model.model, features) is None
