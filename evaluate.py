@@ -236,5 +236,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    except ValueError as e:  # bad input: one line on stderr and exit 2, as train.py and argparse do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -18,6 +18,7 @@ _LAZY = {
     "ModelLoadError": "checkpoint",
     "pool": "pooling",
     "similarity": "similarity",
+    "encode_file": "streaming",
 }
 
 __all__ = sorted(_LAZY)

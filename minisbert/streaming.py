@@ -1,0 +1,125 @@
+"""Encode a text file of any size: one text per line in, a .npy of embeddings out, memory O(chunk).
+
+`BiEncoder.encode` holds every text and every embedding in memory and sorts all the texts by
+length before batching. For a file of millions of lines, `encode_file` reads `chunk_size` lines at
+a time, encodes each chunk with `model.encode` (so prompts, truncation, normalization are the same
+code, and the chunk is length-sorted inside), and writes its rows into a .npy opened as a memory map
+(`numpy.lib.format.open_memmap`). Memory then holds one chunk of texts and embeddings, whatever the
+size of the file; row i of the output is line i + 1 of the input.
+
+Reading: UTF-8 (a leading BOM is dropped), lines split on "\\n" (a trailing "\\r" is removed), every
+line is a text, including empty ones, so the rows stay aligned with the line numbers. A first pass
+counts the lines (the .npy needs its shape up front) and checks the UTF-8: a bad byte raises one
+ValueError naming the file and the line before anything is written. Writing: a temporary sibling
+that is renamed onto `out_path` when every row is written; on any error (or Ctrl-C) it is removed,
+so `out_path` is either the complete result or untouched. Truncation is reported once for the file.
+
+Shapes: N lines, D embedding width (truncate_dim when given).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from .backbone import Truncation, logger, progress
+
+
+def _lines(path: Path):
+    """(line number, text) of every line, decoded as UTF-8, one line in memory at a time."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                                 f"{e.start + 1} of the line); save the file as UTF-8") from None
+
+
+def count_lines(path: Path) -> int:
+    """Lines of `path` as `encode_file` reads them, checking that each is UTF-8 (a first pass: errors come
+    before anything is written)."""
+    n = 0
+    for n, _ in _lines(path):
+        pass
+    return n
+
+
+def read_lines(path: Path, chunk_size: int):
+    """Yield lists of at most `chunk_size` texts, in file order."""
+    chunk = []
+    for _, text in _lines(path):
+        chunk.append(text)
+        if len(chunk) == chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def encode_file(model, path, out_path, *, batch_size: int = 32, chunk_size: int = 10000, prompt: str | None = None,
+                prompt_name: str | None = None, normalize_embeddings: bool | None = None, truncate_dim: int | None = None,
+                show_progress_bar: bool | None = None) -> Path:
+    """Encode every line of `path` with `model.encode` and write the (N, D) float32 rows to `out_path` (.npy).
+
+    The arguments after `out_path` are `BiEncoder.encode`'s, plus `chunk_size`: lines read, encoded
+    and written at a time (memory grows with it, not with N). Returns `out_path`; read the result
+    with `numpy.load(out_path, mmap_mode="r")` to keep it out of memory too.
+    """
+    path, out_path = Path(path), Path(out_path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if out_path.is_dir():
+        raise ValueError(f"{out_path} is a folder; out_path names the .npy file to write")
+    n = count_lines(path)
+    if n == 0:
+        raise ValueError(f"{path}: the file is empty; expected one text per line")
+    width = truncate_dim if truncate_dim is not None else model.embedding_dim
+    if not 0 < width <= model.embedding_dim:
+        raise ValueError(f"truncate_dim must be in 1..{model.embedding_dim}, got {truncate_dim}")
+    model.resolve_prompt(prompt, prompt_name)  # an unknown prompt_name fails before anything is written
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # mkstemp would make it 0600
+    truncation = Truncation(max_length=model.max_length)
+    quiet = logger.level
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))  # (N, D) on disk
+        start = 0
+        chunks = progress(read_lines(path, chunk_size), -(-n // chunk_size), show_progress_bar, "encode_file")
+        logger.setLevel(logging.ERROR)  # one truncation report for the file, not one per chunk
+        for texts in chunks:
+            if start + len(texts) > n:
+                raise ValueError(f"{path}: more lines than the {n} counted before; was the file being written?")
+            emb = model.encode(texts, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name,
+                               normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+                               show_progress_bar=False)  # (b, D)
+            out[start:start + len(texts)] = emb
+            start += len(texts)
+            truncation.count += model.last_truncation.count
+            truncation.total += model.last_truncation.total
+        if start != n:
+            raise ValueError(f"{path}: read {start} lines, but counted {n} before; was the file being written?")
+        out.flush()
+        del out
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        logger.setLevel(quiet)
+    truncation.report(f"encode_file {path}")
+    return out_path
