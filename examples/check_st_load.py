@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-import common
+import recipe_common as common
 
 TEXTS = ["A man is playing a guitar.", "Vitamin D deficiency is linked to a higher risk of fractures.",
          "What do practitioners of Wicca worship ?", "Three dogs run through the snow in a park."]

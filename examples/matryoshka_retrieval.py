@@ -26,7 +26,7 @@ import math
 import random
 from pathlib import Path
 
-import common
+import recipe_common as common
 
 FN = "cosine"  # normalized embeddings: cosine == dot, so one similarity function is reported
 

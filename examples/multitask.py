@@ -20,7 +20,7 @@ the STS-B test pairs, before and after training.
 
 from __future__ import annotations
 
-import common
+import recipe_common as common
 
 
 def main(argv=None) -> dict:

@@ -22,7 +22,7 @@ above s; the first --num_negatives left are its negatives.
 
 from __future__ import annotations
 
-import common
+import recipe_common as common
 
 
 def main(argv=None) -> dict:

@@ -19,7 +19,7 @@ clustering (k-means v-measure) tasks on the base model and after each stage.
 
 from __future__ import annotations
 
-import common
+import recipe_common as common
 
 
 def main(argv=None) -> dict:

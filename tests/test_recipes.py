@@ -24,7 +24,7 @@ EXAMPLES = ROOT / "examples"
 SMOKE = EXAMPLES / "data" / "smoke"
 sys.path.insert(0, str(EXAMPLES))
 
-import common  # noqa: E402  (examples/common.py; puts the repo root on sys.path for train.py / evaluate.py)
+import recipe_common as common  # noqa: E402  (examples/recipe_common.py; puts the repo root on sys.path for train.py / evaluate.py)
 
 TEXTS = ["A man is playing a guitar.", "Scientists discovered a new species of frog.", "query: what is the capital?"]
 
