@@ -260,6 +260,11 @@ STATE_FILE = "training_state.pt"
 STATE_KEYS = ("format", "step", "epoch", "epoch_step", "total_steps", "warmup_steps", "optimizer", "rng", "log",
               "best", "window", "examples_seen", "config", "world_size")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What killed saves leave in output_dir: atomic_dir's temporary folders (".checkpoint-8.tmp-x", and
+# "..checkpoint-8.tmp-x.tmp-y" from the model's own atomic save inside it, ".final.tmp-x"), the previous
+# version it was replacing (".checkpoint-8.old-<pid>") and rotation's trash (".checkpoint-4.deleted-<pid>").
+_PARTIAL = re.compile(r"^\.+(checkpoint-\d+|final)\.(tmp|old|deleted)-")
+_REPLACED = re.compile(r"^\.(checkpoint-\d+|final)\.old-\d+$")
 # Test hook: the step whose checkpoint save kills its own process after writing the model but
 # before the training state, to prove that `--resume latest` then finds the previous checkpoint.
 KILL_DURING_SAVE = "MINISBERT_KILL_DURING_SAVE"
@@ -331,10 +336,17 @@ def find_resume(resume: str, output_dir: Path) -> Path:
 
 
 def remove_partial_saves(output_dir: Path) -> None:
-    """Delete temporary folders that a killed save left behind (`.checkpoint-<step>.tmp-*`)."""
+    """Clean up after killed saves: delete their temporary folders, and put back a folder that atomic_dir
+    had moved aside to replace it (`.checkpoint-8.old-<pid>` without `checkpoint-8`: the kill fell between
+    its two renames, so that is the last complete version)."""
     if Path(output_dir).is_dir():
-        for p in Path(output_dir).iterdir():
-            if p.is_dir() and p.name.startswith(".checkpoint-") and (".tmp-" in p.name or ".old-" in p.name):
+        for p in sorted(Path(output_dir).iterdir()):
+            if not (p.is_dir() and _PARTIAL.match(p.name)):
+                continue
+            replaced = _REPLACED.match(p.name)
+            if replaced and not p.with_name(replaced.group(1)).exists():
+                os.rename(p, p.with_name(replaced.group(1)))
+            else:
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -349,7 +361,7 @@ def rotate_checkpoints(output_dir: Path, save_total_limit: int | None, keep_step
         if step not in newest and step != keep_step:
             # Renamed first: a kill mid-delete leaves a hidden folder (removed at the next start), never
             # a checkpoint-<step> that lost its weights but kept its state file and so looks complete.
-            trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+            trash = path.with_name(f".{path.name}.deleted-{os.getpid()}")
             os.rename(path, trash)
             shutil.rmtree(trash)
             deleted.append(step)
