@@ -3,9 +3,11 @@
 `BiEncoder.encode` holds every text and every embedding in memory and sorts all the texts by
 length before batching. For a file of millions of lines, `encode_file` reads `chunk_size` lines at
 a time, encodes each chunk with `model.encode` (so prompts, truncation, normalization are the same
-code, and the chunk is length-sorted inside), and writes its rows into a .npy opened as a memory map
-(`numpy.lib.format.open_memmap`). Memory then holds one chunk of texts and embeddings, whatever the
-size of the file; row i of the output is line i + 1 of the input.
+code, and the chunk is length-sorted inside), and appends its rows to a .npy file whose header
+(shape (N, D), float32) is written first. Memory then holds one chunk of texts and embeddings,
+whatever the size of the file; row i of the output is line i + 1 of the input. (Plain writes, not a
+memory map: every page written through a map stays in the process's resident memory until it is
+unmapped, so RSS would grow with N.) Read the result with `numpy.load(path, mmap_mode="r")`.
 
 Reading: UTF-8 (a leading BOM is dropped), lines split on "\\n" (a trailing "\\r" is removed), every
 line is a text, including empty ones, so the rows stay aligned with the line numbers. A first pass
@@ -95,26 +97,26 @@ def encode_file(model, path, out_path, *, batch_size: int = 32, chunk_size: int 
     truncation = Truncation(max_length=model.max_length)
     quiet = logger.level
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))  # (N, D) on disk
-        start = 0
-        chunks = progress(read_lines(path, chunk_size), -(-n // chunk_size), show_progress_bar, "encode_file")
-        logger.setLevel(logging.ERROR)  # one truncation report for the file, not one per chunk
-        for texts in chunks:
-            if start + len(texts) > n:
-                raise ValueError(f"{path}: more lines than the {n} counted before; was the file being written?")
-            emb = model.encode(texts, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name,
-                               normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
-                               show_progress_bar=False)  # (b, D)
-            out[start:start + len(texts)] = emb
-            start += len(texts)
-            truncation.count += model.last_truncation.count
-            truncation.total += model.last_truncation.total
-        if start != n:
-            raise ValueError(f"{path}: read {start} lines, but counted {n} before; was the file being written?")
-        out.flush()
-        del out
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        with open(tmp, "wb") as out:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (n, width)}
+            np.lib.format.write_array_header_1_0(out, header)  # then N * D float32 values, row after row
+            start = 0
+            chunks = progress(read_lines(path, chunk_size), -(-n // chunk_size), show_progress_bar, "encode_file")
+            logger.setLevel(logging.ERROR)  # one truncation report for the file, not one per chunk
+            for texts in chunks:
+                if start + len(texts) > n:
+                    raise ValueError(f"{path}: more lines than the {n} counted before; was the file being written?")
+                emb = model.encode(texts, batch_size=batch_size, prompt=prompt, prompt_name=prompt_name,
+                                   normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim,
+                                   show_progress_bar=False)  # (b, D)
+                out.write(np.ascontiguousarray(emb, dtype="<f4").tobytes())
+                start += len(texts)
+                truncation.count += model.last_truncation.count
+                truncation.total += model.last_truncation.total
+            if start != n:
+                raise ValueError(f"{path}: read {start} lines, but counted {n} before; was the file being written?")
+            out.flush()
+            os.fsync(out.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
