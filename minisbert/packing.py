@@ -192,22 +192,38 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype |
 
 
 def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | None) -> Tensor:
-    """Self-attention of one BERT layer on packed tokens x (T, H) -> context (T, H), before the output dense."""
+    """Self-attention of one BERT layer on packed tokens x (T, H) -> context (T, H), before the output dense.
+
+    Per bucket, the rows are laid out padded (n rows x L) for SDPA. Training projects the T real tokens
+    (one (T, H) x (H, 3H) matmul) and pads q, k, v; inference pads x first and projects the bucket's
+    n L slots: a few more rows in one matmul, but the (T, 3H) projection never sits in memory next to
+    its padded copy (the peak memory of long-document encoding is this layer).
+    """
     att = layer.attention.self
     h, d = att.num_attention_heads, att.attention_head_size
-    # One (T, H) x (H, 3H) matmul instead of three; the weight concat is 3 H^2 floats, small next to T H.
+    # One (., H) x (H, 3H) matmul instead of three; the weight concat is 3 H^2 floats, small next to T H.
     weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
     bias = torch.cat([att.query.bias, att.key.bias, att.value.bias])  # (3H,)
-    qkv = _linear(x, weight, bias, fast)  # (T, 3H)
+    qkv = _linear(x, weight, bias, None) if fast is None else None  # (T, 3H)
     outs, token = [], 0
     for n, L, index, mask in p.buckets:
-        part = qkv[token:token + index.shape[0]]  # (T_g, 3H)
-        token += index.shape[0]
-        padded = part.new_zeros(n * L, part.shape[1]).index_copy(0, index, part)  # (n L, 3H)
+        t = index.shape[0]
+        full = t == n * L  # every row of the bucket has L tokens: no padding at all
+        if qkv is not None:
+            part = qkv[token:token + t]  # (T_g, 3H)
+            # In place into fresh zeros: one (n L, 3H) buffer, not two.
+            padded = part if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part)  # (n L, 3H)
+        else:
+            part = x[token:token + t]  # (T_g, H)
+            part = part if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part)  # (n L, H)
+            padded = _linear(part, weight, bias, fast)  # (n L, 3H)
+        token += t
         q, k, v = padded.view(n, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (n, h, L, d)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=dropout,
-                                             scale=att.scaling)  # (n, h, L, d)
-        outs.append(ctx.transpose(1, 2).reshape(n * L, h * d).index_select(0, index))  # (T_g, H)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full else mask[:, None, None, :],
+                                             dropout_p=dropout, scale=att.scaling)  # (n, h, L, d)
+        del q, k, v, padded
+        ctx = ctx.transpose(1, 2).reshape(n * L, h * d)  # (n L, H)
+        outs.append(ctx if full else ctx.index_select(0, index))  # (T_g, H)
     return torch.cat(outs) if len(outs) > 1 else outs[0]  # (T, H)
 
 
@@ -244,7 +260,7 @@ def unpack(hidden: Tensor, p: Packed) -> list[Tensor]:
         index = mask.reshape(-1).nonzero().squeeze(1)  # (T_k,)
         part = tokens[start:start + index.shape[0]]
         start += index.shape[0]
-        outs.append(part.new_zeros(B * L, part.shape[1]).index_copy(0, index, part).view(B, L, -1))  # (B_k, L_k, H)
+        outs.append(part.new_zeros(B * L, part.shape[1]).index_copy_(0, index, part).view(B, L, -1))  # (B_k, L_k, H)
     return outs
 
 
