@@ -199,14 +199,16 @@ def run_cached(t: Table, a):
     # peak memory of one step: cached at every size, uncached while it fits
     limit = float(os.environ.get("BENCH_UNCACHED_LIMIT", 512 if not a.quick else 128))
     mem_sizes = (32, 256) if a.quick else (32, 128, 512, 1024)
-    mem = {}
+    mem, state = {}, {}
     for bs in mem_sizes:
         for lib in ("st", "minisbert"):
             for loss in ("cached_mnrl", "mnrl"):
                 if loss == "mnrl" and bs > limit:
                     continue
-                mem[(lib, loss, bs)] = common.worker("bench_train", "mem_train", {"lib": lib, "loss": loss, "batch_size": bs},
-                                                     threads=a.threads, memory=True)["peak_mib"]
+                m = common.worker("bench_train", "mem_train", {"lib": lib, "loss": loss, "batch_size": bs},
+                                  threads=a.threads, memory=True)
+                mem[(lib, loss, bs)] = m["peak_mib"]
+                state[lib] = m["weights_and_optimizer_mib"]
         row = t.add("4 cached", f"  peak memory of one step, batch {bs}", mem[("st", "cached_mnrl", bs)],
                     mem[("minisbert", "cached_mnrl", bs)], "MiB",
                     note="uncached: " + (f"ST {mem[('st', 'mnrl', bs)]:.0f} / minisbert {mem[('minisbert', 'mnrl', bs)]:.0f} MiB"
@@ -214,13 +216,20 @@ def run_cached(t: Table, a):
         row["ratio"] = mem[("minisbert", "cached_mnrl", bs)] / mem[("st", "cached_mnrl", bs)]
         row["unit"] = "MiB (ratio = minisbert / ST)"
     big, small = max(mem_sizes), min(mem_sizes)
-    growth = mem[("minisbert", "cached_mnrl", big)] / mem[("minisbert", "cached_mnrl", small)]
-    row = t.add("4 cached", f"  peak memory batch {big} / batch {small} (cached)",
-                mem[("st", "cached_mnrl", big)] / mem[("st", "cached_mnrl", small)], growth, "x",
+    growth = {lib: mem[(lib, "cached_mnrl", big)] / mem[(lib, "cached_mnrl", small)] for lib in ("st", "minisbert")}
+    row = t.add("4 cached", f"  step peak memory, batch {big} / batch {small} (cached)", growth["st"], growth["minisbert"], "x",
                 target="<= 1.25x, <= ST at each batch")
     row["ratio"] = None
-    row["ok"] = growth <= 1.25 and all(mem[("minisbert", "cached_mnrl", b)] <= mem[("st", "cached_mnrl", b)] for b in mem_sizes)
-    out["memory"] = {f"{lib}_{loss}_{bs}": v for (lib, loss, bs), v in mem.items()}
+    never_above = all(mem[("minisbert", "cached_mnrl", b)] <= mem[("st", "cached_mnrl", b)] for b in mem_sizes)
+    row["ok"] = growth["minisbert"] <= 1.25 and never_above
+    # The same with the weights and the optimizer state counted, as a GPU's max_memory_allocated would.
+    whole = {lib: (mem[(lib, "cached_mnrl", big)] + state[lib]) / (mem[(lib, "cached_mnrl", small)] + state[lib])
+             for lib in ("st", "minisbert")}
+    row = t.add("4 cached", f"  same, counting weights + AdamW state ({state['minisbert']:.0f} MiB)", whole["st"],
+                whole["minisbert"], "x", target="<= 1.25x")
+    row["ratio"] = None
+    row["ok"] = whole["minisbert"] <= 1.25 and never_above
+    out["memory"] = {f"{lib}_{loss}_{bs}": v for (lib, loss, bs), v in mem.items()} | {"weights_and_optimizer_mib": state}
     return out
 
 

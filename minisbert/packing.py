@@ -227,6 +227,35 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
     return torch.cat(outs) if len(outs) > 1 else outs[0]  # (T, H)
 
 
+class _GeluFeedForward(torch.autograd.Function):
+    """W2 gelu(W1 x + b1) + b2 for training, keeping x and the pre-activation u = W1 x + b1 for backward
+    but not gelu(u): that (T, I) tensor, the largest activation of a layer, is recomputed in backward from
+    u (one GELU, cheap next to the matmuls). Gradients equal autograd's through F.linear and F.gelu.
+    Runs under the caller's autocast state in both directions, as autograd would."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        u = F.linear(x, w1, b1)  # (T, I)
+        y = F.linear(F.gelu(u), w2, b2)  # (T, H)
+        ctx.save_for_backward(x, w1, w2, u)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w1, w2, u = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            h = F.gelu(u)  # (T, I), recomputed
+            dw2 = dy.t().mm(h.to(dy.dtype))  # (H, I)
+            dh = dy.mm(w2.to(dy.dtype))  # (T, I)
+            du = torch.ops.aten.gelu_backward(dh.to(u.dtype), u)  # (T, I)
+            dw1 = du.t().mm(x.to(du.dtype))  # (I, H)
+            dx = du.mm(w1.to(du.dtype))  # (T, H)
+        return dx, dw1, du.sum(0), dw2, dy.sum(0)
+
+
 def encode_packed(backbone, p: Packed) -> Tensor:
     """The backbone's last hidden states of the packed tokens, (T, H); the pooler head is not run."""
     emb = backbone.embeddings
@@ -241,13 +270,16 @@ def encode_packed(backbone, p: Packed) -> Tensor:
         ctx = _attention(layer, x, p, layer.attention.self.dropout.p if backbone.training else 0.0, fast)  # (T, H)
         out = layer.attention.output
         x = out.LayerNorm(out.dropout(_linear(ctx, out.dense.weight, out.dense.bias, fast)) + x)
-        up = layer.intermediate.dense
-        if exact_gelu:
-            inner = _linear(x, up.weight, up.bias, fast, gelu=True)  # (T, I)
+        up, out = layer.intermediate.dense, layer.output
+        if exact_gelu and fast is None and torch.is_grad_enabled():
+            ffn = _GeluFeedForward.apply(x, up.weight, up.bias, out.dense.weight, out.dense.bias)  # (T, H)
         else:
-            inner = layer.intermediate.intermediate_act_fn(_linear(x, up.weight, up.bias, fast))  # (T, I)
-        out = layer.output
-        x = out.LayerNorm(out.dropout(_linear(inner, out.dense.weight, out.dense.bias, fast)) + x)
+            if exact_gelu:
+                inner = _linear(x, up.weight, up.bias, fast, gelu=True)  # (T, I)
+            else:
+                inner = layer.intermediate.intermediate_act_fn(_linear(x, up.weight, up.bias, fast))  # (T, I)
+            ffn = _linear(inner, out.dense.weight, out.dense.bias, fast)  # (T, H)
+        x = out.LayerNorm(out.dropout(ffn) + x)
     return x
 
 
