@@ -91,6 +91,7 @@ def main(argv=None) -> dict:
     p.add_argument("--num_train_epochs", type=int, default=4)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--gradient_accumulation_steps", type=int, default=16)
+    p.add_argument("--warmup_ratio", type=float, default=0.1, help="share of the steps with a rising learning rate")
     p.add_argument("--eval_steps", type=int, default=0, help="evaluate on dev every N steps (0: once per epoch)")
     p.add_argument("--dtype", default="bf16", help="bf16 | fp32")
     args = p.parse_args(argv)
@@ -127,7 +128,7 @@ def main(argv=None) -> dict:
         "model": str(base_dir), "data": str(pairs), "columns": ["anchor", "positive"],
         "loss": "matryoshka", "matryoshka_inner": "mnrl", "matryoshka_dims": dims, "batch_sampler": "no_duplicates",
         "batch_size": args.batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "learning_rate": 2e-5, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
+        "learning_rate": 2e-5, "lr_scheduler_type": "cosine", "warmup_ratio": args.warmup_ratio,
         "dtype": args.dtype, "tf32": True, "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps,
         "seed": args.seed, "eval_data": [f"scifact-dev={dev}"], "eval_steps": args.eval_steps or steps_per_epoch,
         "metric_for_best_model": f"scifact-dev_dim_{best_dim}_{FN}_ndcg@10", "save_steps": 0, "save_total_limit": 1,

@@ -88,7 +88,8 @@ def test_matryoshka_retrieval(tiny_bert, tmp_path):
     out = tmp_path / "run"
     table = matryoshka_retrieval.main(smoke_args(
         tiny_bert, out, "--batch_size", 4, "--gradient_accumulation_steps", 2, "--dev_queries", 4, "--eval_steps", 1,
-        "--corpus_size", 30, "--max_length", 64, "--matryoshka_dims", 32, 16, 8))
+        "--corpus_size", 30, "--max_length", 64, "--matryoshka_dims", 32, 16, 8,
+        "--warmup_ratio", 0))  # with warmup, 2 steps make step 1 a zero-lr step, which may be the best one
     config = json.loads((out / "train" / "train_config.json").read_text())
     assert (config["loss"], config["matryoshka_dims"], config["lr_scheduler_type"], config["dtype"], config["tf32"]) == \
         ("matryoshka", [32, 16, 8], "cosine", "bf16", True)
