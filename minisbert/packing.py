@@ -7,12 +7,15 @@ of the backbone pays for them. Packing removes them:
     pack(columns)           K padded feature dicts -> one Packed batch of all N = sum_k B_k rows, with the
                             T real tokens concatenated in order of decreasing row length
     encode_packed(bb, p)    the backbone on the T tokens: embeddings, then per layer a fused QKV
-                            linear on (T, H), attention on length-bucketed padded groups, the output
-                            and feed-forward linears on (T, H) again -> (T, H) hidden states
-    unpack(hidden, p)       (T, H) -> (N, L, H) zero-padded + (N, L) mask, in the rows' original order,
-                            for `pooling.pool` (so pooling is written once, in pooling.py)
+                            linear, attention on length-bucketed padded groups, the output and
+                            feed-forward linears on (T, H) again -> (T, H) hidden states
+    unpack(hidden, p)       (T, H) -> K x (B_k, L_k, H), each column in its own padded layout (zeros
+                            at pads), for `pooling.pool` (so pooling is written once, in pooling.py)
+    hidden_states(bb, cols) the three above, or None where the packed path does not apply
     embed_columns(model, columns)
                             the whole bi-encoder forward of K columns in one packed pass -> K x (B_k, D)
+    classifier_logits(model, features)
+                            a sequence classifier's logits (cross-encoders) from one packed pass
 
 Only attention needs rows to stay apart; it runs per bucket of similar-length rows, padded to the
 bucket's longest row, with a key-padding mask (SDPA). Everything else is token-wise, so the result
@@ -24,6 +27,10 @@ random draws differ from a padded run.
 The packed path reads the parameters of the transformers module in place (same nn.Parameters, so the
 optimizer, saving and loading are unchanged) and is used only for architectures whose forward it
 reproduces exactly: `supports(backbone)` says which. Other backbones go through their own forward.
+
+Two kernel choices, both measured (benchmarks/README.md): inference runs oneDNN's linear with the bias
+and GELU fused in (`_linear`), and training's feed-forward recomputes GELU in backward instead of
+keeping its (T, 4H) output (`_GeluFeedForward`).
 
 Shapes: K columns, B_k rows of column k, N rows in all, T real tokens, L a bucket's longest row,
 H hidden width, h heads, d head width (H = h d), D embedding width.

@@ -222,3 +222,17 @@ def test_bf16_autocast_gradients_close_to_padded(tiny_model_dirs):
             continue
         cos = torch.nn.functional.cosine_similarity(ours[name].flatten(), ref[name].flatten(), dim=0)
         assert cos > 0.99, name
+
+
+def test_dropout_noise_matches_the_padded_forward(tiny_model_dirs):
+    """Same dropout places and rates: the mean squared deviation from the eval-mode embedding over many
+    draws is the same for the packed and the padded forward (a missing or extra dropout would show)."""
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
+    features = model.tokenize(TEXTS)
+    with torch.no_grad():
+        clean = model.eval()(features)
+        model.train()
+        torch.manual_seed(0)
+        ours = torch.stack([((model(features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
+        ref = torch.stack([((padded(model, features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
+    assert 0.9 < float(ours / ref) < 1.1
