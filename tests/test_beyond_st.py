@@ -82,3 +82,65 @@ def test_cached_loss_at_evaluation_time_without_gradients(prompt_model):
         reference = mnrl(model(columns[0]), model(columns[1]))
     assert abs(value.item() - reference.item()) <= 1e-5
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_predict_reports_truncation_once_per_call(tiny_classifier_dirs, caplog):
+    """ST #4060 for cross-encoders: pairs cut to max_length are counted, and said once per predict call."""
+    import logging
+
+    from minisbert import CrossEncoder
+
+    model = CrossEncoder.from_pretrained(tiny_classifier_dirs["bert"], max_length=16)
+    long = " ".join(["word"] * 40)
+    pairs = [("query", long), ("query", "short"), (long, "short"), ("q", "d")]
+    with caplog.at_level(logging.WARNING, logger="minisbert"):
+        model.predict(pairs, batch_size=1)  # four batches, one message
+    assert [r.getMessage() for r in caplog.records] == [
+        "predict: 2 of 4 inputs were longer than max_length=16 tokens and were truncated to it"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="minisbert"):
+        model.predict([("q", "d")])
+    assert caplog.records == []  # nothing cut, nothing said
+
+
+def test_best_model_with_several_evaluators_takes_any_of_their_keys(tiny_model_dirs, tmp_path):
+    """ST #2749: with several evaluators, metric_for_best_model names a key of any of them; it is checked
+    at start-up, and the best checkpoint follows that key, not the first evaluator's."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train
+    from minisbert import training
+
+    rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "stsb_test_500.jsonl").read_text().splitlines()]
+    triplets = tmp_path / "triplets.jsonl"
+    triplets.write_text("".join(json.dumps({"anchor": a["sentence1"], "positive": a["sentence2"], "negative": b["sentence2"]}) + "\n"
+                                for a, b in zip(rows[:40], rows[40:80])))
+    sts = tmp_path / "sts.jsonl"
+    sts.write_text("".join(json.dumps({"sentence1": r["sentence1"], "sentence2": r["sentence2"], "score": r["score"]}) + "\n"
+                           for r in rows[100:140]))
+
+    def run(out, metric):
+        # lowest Spearman wins (perverse on purpose): an early checkpoint is the best one, so the run
+        # must keep it and load it back at the end
+        return train.main(train.TrainConfig(
+            model=str(tiny_model_dirs["bert"]), data=str(triplets), output_dir=str(out), batch_size=8, learning_rate=1e-3,
+            max_steps=6, eval_steps=2, save_steps=0, disable_tqdm=True, metric_for_best_model=metric,
+            greater_is_better=False, eval_data=[f"nli-dev={triplets}", f"sts-dev={sts}"]))
+
+    with pytest.raises(training.ConfigError) as refused:
+        run(tmp_path / "refused", "sts-dev_spearman")
+    assert "eval_nli-dev_cosine_accuracy" in str(refused.value) and "eval_sts-dev_spearman_cosine" in str(refused.value)
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "run"
+    final = run(out, "sts-dev_spearman_cosine")  # the SECOND evaluator's key
+    evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval_sts-dev_spearman_cosine" in r]
+    assert all("eval_nli-dev_cosine_accuracy" in r for r in evals)  # both evaluators ran each time
+    during = [r for r in evals if 0 < r["step"] and "best_step" not in r]  # steps 2, 4 and the end, 6
+    best = min(during, key=lambda r: (r["eval_sts-dev_spearman_cosine"], r["step"]))  # ties keep the earlier step
+    assert best["step"] < 6 and evals[-1]["best_step"] == best["step"]  # reloaded
+    assert final["eval_sts-dev_spearman_cosine"] == pytest.approx(best["eval_sts-dev_spearman_cosine"], abs=1e-6)
+    assert final["eval_nli-dev_cosine_accuracy"] == pytest.approx(best["eval_nli-dev_cosine_accuracy"], abs=1e-6)
