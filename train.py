@@ -88,6 +88,8 @@ class TrainConfig:
     dataset_weights: list[float] | None = arg(None, "one weight per dataset for --multi_dataset_schedule weighted")
     batch_sampler: str | None = arg(None, "no_duplicates | shuffled (default: no_duplicates for in-batch-negative losses, else shuffled)")
     drop_last: bool = arg(False, "drop the last incomplete batch of each epoch")
+    mask_duplicates: bool = arg(False, "in-batch losses: mask each candidate whose text equals the anchor's positive, so "
+                                       "repeated texts are no false negatives even with --batch_sampler shuffled")
     prompts: str | dict | None = arg(None, 'JSON training prompts: "query: " | {column: prompt} | {dataset: {column: prompt}}')
     # loss
     loss: str = arg("mnrl", "mnrl | mnrl_symmetric | cached_mnrl | gist | matryoshka | triplet | cosent | angle | bce | listwise")
@@ -272,6 +274,9 @@ def check_config(cfg: TrainConfig) -> None:
         if spec["loss"] not in LOSS_NAMES:
             where = f"--datasets[{i}] loss" if cfg.datasets else "--loss"
             raise ConfigError(f"{where} {spec['loss']!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
+    if cfg.mask_duplicates and not any(base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in dataset_specs(cfg)):
+        raise ConfigError(f"--mask_duplicates masks in-batch negatives, which only {', '.join(IN_BATCH_LOSSES)} "
+                          "(and matryoshka of them) have; this run's losses have none")
     if cfg.dataset_weights is not None and cfg.multi_dataset_schedule != "weighted":
         raise ConfigError("--dataset_weights is only used with --multi_dataset_schedule weighted")
     if cfg.resume == "latest" and cfg.output_dir is None:
@@ -313,6 +318,7 @@ class Task:
     labels: object  # (N,) float32 tensor or None
     loss_fn: object  # fn(outputs, labels, guide_embeddings=None) -> scalar
     mini_batch_size: int | None  # the cached step's chunk size, None: plain step
+    text_ids: object = None  # (K, N) int64: equal texts have equal ids (--mask_duplicates), else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,7 +423,12 @@ def main(cfg: TrainConfig) -> dict:
             loss_fn = losses.matryoshka(loss_fn, dims, cfg.matryoshka_weights)
         labels = torch.tensor(ds.labels, dtype=torch.float32) if ds.labels is not None else None
         mini = cfg.mini_batch_size or (min(32, cfg.batch_size) if base == "cached_mnrl" else None)
-        return Task(ds.name, len(ds), columns, guide_columns, labels, loss_fn, mini)
+        text_ids = None
+        if cfg.mask_duplicates and base in IN_BATCH_LOSSES:
+            number = {}  # text -> id, over every column: a positive repeated as a negative is caught too
+            text_ids = torch.tensor([[number.setdefault(t, len(number)) for t in column] for column in texts])  # (K, N)
+            text_ids = text_ids.repeat(len(columns) // len(texts), 1)  # SimCSE: the one column, twice
+        return Task(ds.name, len(ds), columns, guide_columns, labels, loss_fn, mini, text_ids)
 
     tasks = [make_task(s, ds) for s, ds in zip(specs, datasets)]
     if truncation.count:
@@ -429,9 +440,9 @@ def main(cfg: TrainConfig) -> dict:
         model.prompts.update(saved_prompts)
         say(f"training prompts, saved with the model: {saved_prompts}")
 
-    def micro_batch(task, rows, sizes=None):
+    def micro_batch(task, rows, sizes=None, batch=None):
         """Padded features of each column for `rows`, their labels, and the loss with the guide bound in;
-        given `sizes` (every process's share of the global batch) the loss gathers the global batch."""
+        given `sizes` (every process's share of the global `batch`) the loss gathers the global batch."""
         columns = [collate(c, rows) for c in task.columns]
         labels = task.labels[rows].to(device) if task.labels is not None else None
         loss_fn = task.loss_fn if sizes is None else world.gathered(task.loss_fn, sizes)
@@ -439,6 +450,9 @@ def main(cfg: TrainConfig) -> dict:
             with torch.no_grad(), autocast:
                 guide_embeddings = [guide(collate(c, rows)) for c in task.guide_columns]  # (b, D_guide) each
             loss_fn = functools.partial(loss_fn, guide_embeddings=guide_embeddings)
+        if task.text_ids is not None:  # ids of the whole batch's candidates, in the gathered layout
+            candidate_ids = task.text_ids[1:, rows if batch is None else batch].reshape(-1).to(device)  # (C,)
+            loss_fn = functools.partial(loss_fn, candidate_ids=candidate_ids)
         return columns, labels, loss_fn
 
     def embed(features, net=None):
@@ -454,7 +468,7 @@ def main(cfg: TrainConfig) -> dict:
         all-reduces the gradients only when `sync` (the last micro-batch of an optimizer step).
         """
         mine, sizes = world.shard(rows)
-        columns, labels, loss_fn = micro_batch(task, mine, sizes)
+        columns, labels, loss_fn = micro_batch(task, mine, sizes, batch=rows)
         if task.mini_batch_size:
             replays = len(columns) * len(chunk_ranges(len(mine), task.mini_batch_size))
             forward = distributed.SyncLastForward(trained, embed, replays, sync)

@@ -112,22 +112,23 @@ class World:
         return torch.cat([part[:s] for part, s in zip(parts, sizes)])  # (n, ...)
 
     def gathered(self, loss_fn: Callable, sizes: Sequence[int]) -> Callable:
-        """The column loss `fn(outputs, labels, guide_embeddings=None)` of the global batch.
+        """The column loss `fn(outputs, labels, guide_embeddings=None, **kwargs)` of the global batch.
 
         Each output column (n_r, D), the labels (n_r,) and the guide embeddings are gathered to
         (n, ...) before `loss_fn`, column by column, so the global layout is the one of a single
         process: [anchor_all | positive_all | negative_1_all | ...]. Every process then computes
-        the same loss; see the module docstring for why the gradients come out right.
+        the same loss; see the module docstring for why the gradients come out right. Other keyword
+        arguments (candidate_ids) already describe the global batch and pass through unchanged.
         """
         if not self.distributed:
             return loss_fn
 
-        def fn(outputs, labels, guide_embeddings=None):
+        def fn(outputs, labels, guide_embeddings=None, **of_the_global_batch):
             outputs = [self.gather(o, sizes) for o in outputs]  # K x (n, D) or K x (n, 1) logits
             labels = None if labels is None else self.gather(labels, sizes)  # (n,)
-            if guide_embeddings is None:
-                return loss_fn(outputs, labels)
-            return loss_fn(outputs, labels, guide_embeddings=[self.gather(g, sizes) for g in guide_embeddings])
+            if guide_embeddings is not None:
+                of_the_global_batch["guide_embeddings"] = [self.gather(g, sizes) for g in guide_embeddings]
+            return loss_fn(outputs, labels, **of_the_global_batch)  # e.g. candidate_ids: every process has them all
 
         fn.__name__ = getattr(loss_fn, "__name__", "loss")
         return fn

@@ -95,16 +95,20 @@ def column_loss(loss: str, *, scale: float | None = None, margin: float | None =
     """The column loss `fn(outputs, labels, guide_embeddings=None) -> scalar` for a base --loss name."""
     scale = DEFAULT_SCALE.get(loss) if scale is None else scale
     margin = DEFAULT_MARGIN.get(loss) if margin is None else margin
+    # In-batch losses also take `candidate_ids` ((C,) ids of the candidate texts, column-blocked like
+    # the candidates) to mask a candidate that repeats the anchor's positive (train.py --mask_duplicates).
     if loss in ("mnrl", "cached_mnrl"):
-        def fn(outputs, labels, guide_embeddings=None):
-            return losses.mnrl(outputs[0], torch.cat(outputs[1:]), scale=scale)  # candidates ((1+n)B, D)
+        def fn(outputs, labels, guide_embeddings=None, candidate_ids=None):
+            return losses.mnrl(outputs[0], torch.cat(outputs[1:]), scale=scale,  # candidates ((1+n)B, D)
+                               candidate_ids=candidate_ids)
     elif loss == "mnrl_symmetric":
-        def fn(outputs, labels, guide_embeddings=None):
-            return losses.mnrl_symmetric(outputs[0], outputs[1], scale=scale)
+        def fn(outputs, labels, guide_embeddings=None, candidate_ids=None):
+            positive_ids = None if candidate_ids is None else candidate_ids[: outputs[1].shape[0]]  # (B,)
+            return losses.mnrl_symmetric(outputs[0], outputs[1], scale=scale, positive_ids=positive_ids)
     elif loss == "gist":
-        def fn(outputs, labels, guide_embeddings=None):
+        def fn(outputs, labels, guide_embeddings=None, candidate_ids=None):
             return losses.gist(outputs[0], torch.cat(outputs[1:]), guide_embeddings[0], torch.cat(guide_embeddings[1:]),
-                               temperature=1.0 / scale, margin=margin)
+                               temperature=1.0 / scale, margin=margin, candidate_ids=candidate_ids)
     elif loss == "triplet":
         def fn(outputs, labels, guide_embeddings=None):
             return losses.triplet(outputs[0], outputs[1], outputs[2], distance=distance, margin=margin)

@@ -120,28 +120,43 @@ LOSS_CASES = {  # name: (column loss, number of columns, guide columns?, output 
 }
 
 
-def _check_gathered_losses(world: World):
-    for name, (fn, K, guided, D) in LOSS_CASES.items():
-        for n in (5, 8, 1):  # uneven shares, even shares, an empty share (rank 1 embeds a stand-in row)
-            columns, labels = _global_batch(n, K, D, seed=n)
-            guide = _global_batch(n, K, 8, seed=100 + n)[0] if guided else None
-            kw = {"guide_embeddings": guide} if guided else {}
-            leaves = [c.clone().requires_grad_() for c in columns]
-            reference = fn(leaves, labels, **kw)  # one process, the whole batch
-            reference.backward()
+IN_BATCH_CASES = ("mnrl_two_hard_negatives", "matryoshka_mnrl", "mnrl_symmetric", "gist_two_hard_negatives")
 
-            mine, sizes = world.shard(list(range(n)))
-            local = [c[mine].clone().requires_grad_() for c in columns]
-            kw = {"guide_embeddings": [g[mine] for g in guide]} if guided else {}
-            loss = world.gathered(fn, sizes)(local, labels[mine], **kw)
-            loss.backward()
-            size = sizes[world.rank]
-            where = f"{name}, n={n}, rank {world.rank}"
-            assert torch.equal(loss, reference), where
-            for k, (leaf, ref) in enumerate(zip(local, leaves)):
-                # all_gather's backward sums the W identical losses' gradients; DDP divides by W
-                assert torch.equal(leaf.grad[:size] / world.world_size, ref.grad[mine[:size]]), f"{where}, column {k}"
-                assert not leaf.grad[size:].any(), f"{where}: the stand-in row got a gradient"
+
+def _check_gathered_losses(world: World):
+    cases = [(name, n, masked) for name in LOSS_CASES for n in (5, 8, 1)  # uneven, even, an empty share (a stand-in row)
+             for masked in ((False, True) if name in IN_BATCH_CASES else (False,))]
+    for name, n, masked in cases:
+        fn, K, guided, D = LOSS_CASES[name]
+        columns, labels = _global_batch(n, K, D, seed=n)
+        guide = _global_batch(n, K, 8, seed=100 + n)[0] if guided else None
+        # --mask_duplicates: ids of the global batch's candidates; the last one repeats anchor 0's positive
+        # (the same text, so the same embedding; a close positive, so it weighs in anchor 0's softmax)
+        ids = torch.arange((K - 1) * n)
+        ids[-1] = ids[0]
+        extra = {"candidate_ids": ids} if masked else {}
+        if masked:
+            columns[1][0] = columns[0][0]
+            columns[K - 1][n - 1] = columns[1][0]
+        kw = {"guide_embeddings": guide} if guided else {}
+        leaves = [c.clone().requires_grad_() for c in columns]
+        reference = fn(leaves, labels, **kw, **extra)  # one process, the whole batch
+        reference.backward()
+        if masked and n > 1:
+            assert not torch.equal(reference, fn(columns, labels, **kw)), f"{name}: the ids masked nothing"
+
+        mine, sizes = world.shard(list(range(n)))
+        local = [c[mine].clone().requires_grad_() for c in columns]
+        kw = {"guide_embeddings": [g[mine] for g in guide]} if guided else {}
+        loss = world.gathered(fn, sizes)(local, labels[mine], **kw, **extra)  # the ids pass through ungathered
+        loss.backward()
+        size = sizes[world.rank]
+        where = f"{name}, n={n}, {'masked, ' if masked else ''}rank {world.rank}"
+        assert torch.equal(loss, reference), where
+        for k, (leaf, ref) in enumerate(zip(local, leaves)):
+            # all_gather's backward sums the W identical losses' gradients; DDP divides by W
+            assert torch.equal(leaf.grad[:size] / world.world_size, ref.grad[mine[:size]]), f"{where}, column {k}"
+            assert not leaf.grad[size:].any(), f"{where}: the stand-in row got a gradient"
 
 
 class _Encoder(torch.nn.Module):

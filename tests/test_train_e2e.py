@@ -438,3 +438,40 @@ def test_eval_data_layouts_pick_their_evaluator(models, data, tmp_path):
                  metric_for_best_model="rr_ndcg@10")
     final = main(cfg)
     assert {"eval_rr_ndcg@10", "eval_rr_map", "eval_rr_mrr@10"} <= set(final)
+
+
+def test_mask_duplicates_removes_repeated_positives_from_the_negatives(models, data, tmp_path):
+    """--mask_duplicates with a shuffled sampler: the first step's loss is MNRL with every candidate that
+    repeats the anchor's positive text left out of the softmax (a naive loop over the batch)."""
+    import math
+
+    from minisbert import BiEncoder
+
+    rows = [json.loads(line) for line in Path(data["repeats"]).read_text().splitlines()]  # positives repeat every 5 rows
+    model = BiEncoder.from_pretrained(models["still"])  # no dropout: the step's embeddings are the eval ones
+    a = torch.tensor(model.encode([r["anchor"] for r in rows]))
+    p = torch.tensor(model.encode([r["positive"] for r in rows]))
+    a, p = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(p, dim=-1)
+    naive = 0.0
+    for i, r in enumerate(rows):
+        kept = [j for j, other in enumerate(rows) if j == i or other["positive"] != r["positive"]]
+        logits = [20.0 * float(a[i] @ p[j]) for j in kept]
+        naive += math.log(sum(math.exp(x) for x in logits)) - 20.0 * float(a[i] @ p[i])
+    naive /= len(rows)
+
+    def first_loss(out, *extra):
+        cfg = config(models, data, tmp_path, model=str(models["still"]), data=str(data["repeats"]), output_dir=str(tmp_path / out),
+                     batch_sampler="shuffled", batch_size=len(rows), max_steps=1, mask_duplicates=bool(extra))
+        main(cfg)
+        return logged(cfg.output_dir)[0]
+
+    masked, unmasked = first_loss("masked", True), first_loss("unmasked")
+    assert masked == pytest.approx(naive, rel=1e-4)
+    assert unmasked > masked + 0.1  # the duplicates were false negatives
+
+
+def test_mask_duplicates_needs_an_in_batch_loss(models, data, tmp_path):
+    cfg = config(models, data, tmp_path, loss="triplet", mask_duplicates=True)
+    with pytest.raises(training.ConfigError, match="--mask_duplicates masks in-batch negatives"):
+        main(cfg)
+    assert not Path(cfg.output_dir).exists()
