@@ -99,6 +99,29 @@ def test_weight_decay_groups_match_transformers_trainer(tiny):
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
+def test_optimizer_is_fused_adamw_and_steps_like_the_reference_adamw(tiny):
+    """Fused on CPU (and CUDA); its updates equal torch's plain AdamW with the same groups and settings."""
+    import copy
+
+    model, _ = tiny
+    model = copy.deepcopy(model)
+    reference = copy.deepcopy(model)
+    ours = training.make_optimizer(model, 1e-3, 0.01)
+    assert ours.defaults["fused"] and ours.defaults["betas"] == (0.9, 0.999) and ours.defaults["eps"] == 1e-8
+    theirs = torch.optim.AdamW([{"params": [dict(reference.named_parameters())[n] for n, p in model.named_parameters()
+                                            if any(p is q for q in g["params"])], "weight_decay": g["weight_decay"]}
+                                for g in ours.param_groups], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for p, q in zip(model.parameters(), reference.parameters()):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+
+
 @pytest.mark.parametrize("schedule, reference", [
     ("linear", "get_linear_schedule_with_warmup"),
     ("cosine", "get_cosine_schedule_with_warmup"),
