@@ -154,10 +154,13 @@ def test_pack_layout():
         {"input_ids": torch.tensor([[0, 6], [7, 8]]), "attention_mask": torch.tensor([[0, 1], [1, 1]])},
     ]
     p = packing.pack(columns)
-    assert p.input_ids.tolist() == [3, 4, 5, 1, 2, 7, 8, 6]  # longest row first, stable among equals
-    assert p.position_ids.tolist() == [0, 1, 2, 0, 1, 0, 1, 1]  # BERT numbers the padded columns
+    fill = [0] * (packing.ROWS_MULTIPLE - 8)  # 8 real tokens, then filler tokens up to the row grid
+    assert p.fillers == len(fill) and len(p.input_ids) == packing.ROWS_MULTIPLE
+    assert p.input_ids.tolist() == [3, 4, 5, 1, 2, 7, 8, 6] + fill  # longest row first, stable among equals
+    assert p.position_ids.tolist() == [0, 1, 2, 0, 1, 0, 1, 1] + fill  # BERT numbers the padded columns
     assert p.token_type_ids is None
-    hidden = p.input_ids[:, None].float()  # (T, 1): each token's own id
+    assert sum(index.shape[0] for _, _, index, _ in p.buckets) == 8  # fillers are in no attention bucket
+    hidden = p.input_ids[:, None].float()  # (T', 1): each token's own id
     back = packing.unpack(hidden, p)
     assert back[0][..., 0].tolist() == [[1, 2, 0], [3, 4, 5]]
     assert back[1][..., 0].tolist() == [[0, 6], [7, 8]]
