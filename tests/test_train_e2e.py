@@ -475,3 +475,37 @@ def test_mask_duplicates_needs_an_in_batch_loss(models, data, tmp_path):
     with pytest.raises(training.ConfigError, match="--mask_duplicates masks in-batch negatives"):
         main(cfg)
     assert not Path(cfg.output_dir).exists()
+
+
+def test_pooling_and_normalize_flags_shape_the_trained_model(models, data, tmp_path):
+    """--pooling cls --normalize on a plain backbone: the run trains and saves that bi-encoder (CLS pooling,
+    a Normalize module), which sentence-transformers loads with the same unit-norm embeddings."""
+    import numpy as np
+
+    from minisbert import BiEncoder
+
+    cfg = config(models, data, tmp_path, max_steps=3, pooling="cls", normalize=True)
+    main(cfg)
+    folder = Path(cfg.output_dir) / "final"
+    pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_cls_token"] and not pooling["pooling_mode_mean_tokens"]
+    assert "sentence_transformers.models.Normalize" in (folder / "modules.json").read_text()
+    texts = [json.loads(line)["anchor"] for line in data["triplets"].read_text().splitlines()]
+    ours = BiEncoder.from_pretrained(folder).encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    # the trained weights under the base model's own pooling (mean) give other embeddings
+    assert not np.allclose(ours, BiEncoder.from_pretrained(folder, pooling="mean", normalize=True).encode(texts), atol=1e-4)
+    st = pytest.importorskip("sentence_transformers")
+    theirs = st.SentenceTransformer(str(folder), device="cpu").encode(texts)
+    assert abs(ours - theirs).max() < 1e-5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"pooling": "avg"}, r"--pooling 'avg' is not one of cls, max, mean"),
+    ({"pooling": "cls", "loss": "bce"}, r"--pooling and --normalize shape a bi-encoder's embedding"),
+])
+def test_pooling_flag_errors(models, data, tmp_path, overrides, message):
+    cfg = config(models, data, tmp_path, **({"data": str(data["labelled"])} if overrides.get("loss") == "bce" else {}), **overrides)
+    with pytest.raises(training.ConfigError, match=message):
+        main(cfg)
+    assert not Path(cfg.output_dir).exists()
