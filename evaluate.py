@@ -1,16 +1,16 @@
 """Evaluate a model on one task; print a table and write the metrics as JSON, keyed as sentence-transformers keys them.
 
-    python evaluate.py --model PATH --task retrieval --data /work/shared/data/scifact [--split test] \
+    python evaluate.py --model PATH --task retrieval --data ../shared/data/scifact [--split test] \
         [--matryoshka_dims 384,256,128,64] [--output metrics.json] [--plot ndcg_vs_dim.png]
-    python evaluate.py --model PATH --task sts --data /work/shared/data/stsb
-    python evaluate.py --model PATH --task triplet --data /work/shared/data/nli-triplets --split dev
-    python evaluate.py --model PATH --task rerank --data /work/shared/data/trecqa-rerank
-    python evaluate.py --model PATH --task classification --data /work/shared/data/nli-triplets --split dev
-    python evaluate.py --model PATH --task clustering --data /work/shared/data/nli-triplets --split dev
+    python evaluate.py --model PATH --task sts --data ../shared/data/stsb
+    python evaluate.py --model PATH --task triplet --data ../shared/data/nli-triplets --split dev
+    python evaluate.py --model PATH --task rerank --data ../shared/data/trecqa-rerank
+    python evaluate.py --model PATH --task classification --data ../shared/data/nli-triplets --split dev
+    python evaluate.py --model PATH --task clustering --data ../shared/data/nli-triplets --split dev
     python evaluate.py --task plot_log --data runs/x/log.jsonl --plot curves.png
 
 --data is a BEIR folder (retrieval), or a file / a folder holding <split>.jsonl|.csv|.tsv (the other
-tasks; classification also reads <folder>/train.*). Column layouts are those of /work/shared/data:
+tasks; classification also reads <folder>/train.*). Column layouts are those of ../shared/data:
 sts: sentence1, sentence2, score; triplet: anchor, positive, negative; rerank: query, positive,
 negative (or documents); classification / clustering: text + label, or the nli-triplets anchor +
 source (SNLI vs MultiNLI premises), or --text_column/--label_column. `--task rerank` scores with a
