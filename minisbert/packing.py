@@ -32,7 +32,8 @@ Two kernel choices, both measured (benchmarks/README.md): inference runs oneDNN'
 and GELU fused in (`_linear`), and training's feed-forward recomputes GELU in backward instead of
 keeping its (T, 4H) output (`_GeluFeedForward`).
 
-Shapes: K columns, B_k rows of column k, N rows in all, T real tokens, L a bucket's longest row,
+Shapes: K columns, B_k rows of column k, N rows in all, T real tokens (T' with fillers, see Packed),
+L a bucket's longest row,
 H hidden width, h heads, d head width (H = h d), D embedding width.
 """
 
@@ -240,7 +241,9 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
             padded = part if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part)  # (n L, 3H)
         else:  # the (n L) slots, plus filler rows up to the row grid (see ROWS_MULTIPLE)
             part = x[token:token + t]  # (T_g, H)
-            slots = part.new_zeros(_round_up(n * L), part.shape[1]).index_copy_(0, index, part)  # (~n L, H)
+            rows = _round_up(n * L)
+            # A full bucket already on the grid is its own padded layout: no copy.
+            slots = part if rows == t else part.new_zeros(rows, part.shape[1]).index_copy_(0, index, part)  # (~n L, H)
             padded = _linear(slots, weight, bias, fast)[:n * L]  # (n L, 3H)
         token += t
         q, k, v = padded.view(n, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (n, h, L, d)
@@ -286,7 +289,7 @@ class _GeluFeedForward(torch.autograd.Function):
 def encode_packed(backbone, p: Packed) -> Tensor:
     """The backbone's last hidden states of the packed tokens, (T', H); the pooler head is not run."""
     emb = backbone.embeddings
-    x = emb.word_embeddings(p.input_ids)  # (T, H)
+    x = emb.word_embeddings(p.input_ids)  # (T', H)
     types = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
     x = x + emb.token_type_embeddings(types)
     x = x + emb.position_embeddings(p.position_ids)

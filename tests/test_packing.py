@@ -239,3 +239,14 @@ def test_dropout_noise_matches_the_padded_forward(tiny_model_dirs):
         ours = torch.stack([((model(features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
         ref = torch.stack([((padded(model, features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
     assert 0.9 < float(ours / ref) < 1.1
+
+
+def test_inference_with_rows_on_the_row_grid_equals_padded(tiny):
+    """A full bucket whose n L slots already fill the row grid is projected without a padded copy; the
+    result still equals the padded forward (and so do batches that need filler rows)."""
+    model = tiny["bert"].eval()
+    for texts in (["a man plays a guitar"] * packing.ROWS_MULTIPLE, ["a man plays a guitar"] * 3):
+        features = model.tokenize(texts)
+        assert features["attention_mask"].all()  # one full bucket
+        with torch.inference_mode():
+            torch.testing.assert_close(model(features), padded(model, features), rtol=1e-5, atol=1e-5)
