@@ -279,17 +279,19 @@ def _torchrun_command(args) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
 
 
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    """`cmd` in its own session (so _stop can kill all of it), output to `log`."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _torchrun(args, log: Path) -> subprocess.Popen:
-    """`torchrun --standalone --nproc_per_node 2 ARGS` in its own session, output to `log`."""
-    return subprocess.Popen(_torchrun_command(args), cwd=ROOT, env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    """`torchrun --standalone --nproc_per_node 2 ARGS`."""
+    return _spawn(_torchrun_command(args), log)
 
 
 def _torchrun_each(runs, log: Path) -> subprocess.Popen:
-    """One `torchrun ... train.py FLAGS` launch after the other (stopping at the first failure), output to `log`."""
-    script = " && ".join(shlex.join(_torchrun_command(["train.py", *flags])) for flags in runs)
-    return subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    """One `torchrun ... train.py FLAGS` launch after the other, stopping at the first failure."""
+    return _spawn(["bash", "-c", " && ".join(shlex.join(_torchrun_command(["train.py", *flags])) for flags in runs)], log)
 
 
 def _stop(proc: subprocess.Popen) -> None:
