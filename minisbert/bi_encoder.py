@@ -271,14 +271,15 @@ class BiEncoder(nn.Module):
         truncation = Truncation()
         chunks = []
         starts = range(0, len(texts), batch_size)
-        for start in progress(starts, len(starts), show_progress_bar, "encode"):
-            features = self.tokenize([texts[i] for i in order[start:start + batch_size]], prompt, truncation)
-            emb = self.forward(features)  # (b, D)
-            if truncate_dim is not None:
-                emb = emb[:, :truncate_dim]
-            if normalize_embeddings:
-                emb = F.normalize(emb, p=2, dim=-1)
-            chunks.append(emb.float())
+        with packing.reusing_weights():  # inference weight copies made once for all batches
+            for start in progress(starts, len(starts), show_progress_bar, "encode"):
+                features = self.tokenize([texts[i] for i in order[start:start + batch_size]], prompt, truncation)
+                emb = self.forward(features)  # (b, D)
+                if truncate_dim is not None:
+                    emb = emb[:, :truncate_dim]
+                if normalize_embeddings:
+                    emb = F.normalize(emb, p=2, dim=-1)
+                chunks.append(emb.float())
         self.train(was_training)
         truncation.report("encode")
         self.last_truncation = truncation

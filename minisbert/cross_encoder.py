@@ -141,12 +141,13 @@ class CrossEncoder(nn.Module):
         truncation = Truncation()
         out = []
         starts = range(0, len(pairs), batch_size)
-        for start in progress(starts, len(starts), show_progress_bar, "predict"):
-            logits = self.forward(self.tokenize([pairs[i] for i in order[start:start + batch_size]], truncation))
-            scores = act(logits.float())  # (b, C)
-            if apply_softmax and scores.shape[1] > 1:
-                scores = torch.softmax(scores, dim=1)
-            out.append(scores)
+        with packing.reusing_weights():  # inference weight copies made once for all batches
+            for start in progress(starts, len(starts), show_progress_bar, "predict"):
+                logits = self.forward(self.tokenize([pairs[i] for i in order[start:start + batch_size]], truncation))
+                scores = act(logits.float())  # (b, C)
+                if apply_softmax and scores.shape[1] > 1:
+                    scores = torch.softmax(scores, dim=1)
+                out.append(scores)
         self.train(was_training)
         truncation.report("predict")
         self.last_truncation = truncation

@@ -33,13 +33,14 @@ and GELU fused in (`_linear`), and training's feed-forward recomputes GELU in ba
 keeping its (T, 4H) output (`_GeluFeedForward`).
 
 Shapes: K columns, B_k rows of column k, N rows in all, T real tokens (T' with fillers, see Packed),
-L a bucket's longest row,
+L a bucket's longest row (rounded up to ATTENTION_MULTIPLE),
 H hidden width, h heads, d head width (H = h d), D embedding width.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,10 @@ ATTENTION_WASTE = 0.25
 # token counts are new in almost every batch: encoding 5,000 sentences in bf16 spent 3.2 s of 9.2 s
 # compiling. On a grid of 32 rows a run meets a few dozen shapes, at < 32 wasted rows per matmul.
 ROWS_MULTIPLE = 32
+# Attention buckets are padded to a multiple of this many keys (masked out). torch's CPU SDPA kernel runs
+# 2-3x faster per row at L = 16, 32, 48... than at the lengths just below them (fp32 and bf16, measured on
+# 64 rows x 12 heads: L=15 0.19 ms per unit of L, L=16 0.06 ms), so the extra masked keys pay for themselves.
+ATTENTION_MULTIPLE = 16
 
 
 def _round_up(n: int) -> int:
@@ -123,8 +128,8 @@ def _buckets(lengths: list[int], device) -> list[tuple[int, int, Tensor, Tensor]
     """Split rows sorted by decreasing length into attention buckets (n rows, L, index, mask).
 
     A bucket is closed when padding its rows to its longest would waste more than ATTENTION_WASTE of
-    its (query x key) slots. index (T_g,) places the bucket's tokens (packed order) in its (n L) padded
-    layout; mask (n, L) is True at real tokens.
+    its (query x key) slots; its L is then that longest row rounded up to ATTENTION_MULTIPLE. index (T_g,)
+    places the bucket's tokens (packed order) in its (n L) padded layout; mask (n, L) is True at real tokens.
     """
     buckets, start, n_rows = [], 0, len(lengths)
     while start < n_rows:
@@ -133,6 +138,7 @@ def _buckets(lengths: list[int], device) -> list[tuple[int, int, Tensor, Tensor]
         while end < n_rows and (end == start or 1 - (real + lengths[end] ** 2) / ((end + 1 - start) * L * L) <= ATTENTION_WASTE):
             real += lengths[end] ** 2
             end += 1
+        L = -(-L // ATTENTION_MULTIPLE) * ATTENTION_MULTIPLE
         lens = torch.tensor(lengths[start:end], device=device)
         mask = torch.arange(L, device=device)[None, :] < lens[:, None]  # (n, L)
         buckets.append((end - start, L, mask.reshape(-1).nonzero().squeeze(1), mask))
@@ -205,32 +211,80 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype |
     """x W^T + b (then exact GELU when `gelu`), (T, in) -> (T, out).
 
     dtype given: oneDNN's linear with the bias (and GELU) fused in, computing in `dtype` (inputs cast to it,
-    as autocast would). On this CPU it beats F.linear (MKL sgemm, then a bias pass and a GELU pass) by
-    25-50% per layer in float32 and ~25% in bf16 under autocast. It has no autograd formula, so it serves
-    inference only. Results agree with F.linear to float rounding (~1e-6 in float32).
+    as autocast would; `weight`, `bias` may come from `_prepared`). On this CPU it beats F.linear (MKL sgemm,
+    then a bias pass and a GELU pass) by 25-50% per layer in float32 and ~25% in bf16 under autocast. It
+    has no autograd formula, so it serves inference only. Results agree with F.linear to float rounding
+    (~1e-6 in float32).
     """
     if dtype is not None:
-        x, weight = x.to(dtype), weight.to(dtype)  # no-ops in float32; a bf16 weight copy is ~0.1 ms
-        bias = bias.to(dtype) if bias is not None else None
+        x = x.to(dtype)
+        if not weight.is_mkldnn:
+            weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
     y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
+
+
+# The inference copies of the weights while `reusing_weights()` is active: {(dtype, parameter ids): (W, b)}.
+_REUSED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("minisbert_packing_reused", default=None)
+# oneDNN's own blocked layout for a bf16 weight (torch.ops.mkldnn._reorder_linear_weight), made once per
+# call when weights are reused: 5-15% faster linears than handing it the plain (out, in) matrix, which it
+# reorders on every call. In float32 it gained 3-5% in a micro-benchmark for a second copy of every weight
+# (42 MB for MiniLM), so float32 keeps the parameters themselves.
+_PREPACK = hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+@contextlib.contextmanager
+def reusing_weights():
+    """Inside the block, each linear's inference weights (the fused QKV matrix, the bf16 casts, oneDNN's
+    packed layout) are made once and reused by every batch, instead of once per batch. For one encode()
+    or predict() call: under torch.inference_mode the weights do not change within it. Nested blocks
+    share the outer one's copies; they are dropped when the outermost block ends."""
+    token = _REUSED.set({} if _REUSED.get() is None else _REUSED.get())
+    try:
+        yield
+    finally:
+        _REUSED.reset(token)
+
+
+def _prepared(dtype: torch.dtype, *linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """The weight (out, in) and bias (out,) of `linears` stacked along their outputs (one for a plain
+    linear, query/key/value for the fused QKV projection), ready for `_linear` in `dtype`: cast, and in
+    bf16 packed for oneDNN. Made once per `reusing_weights()` block, else on every call."""
+    cache = _REUSED.get()
+    key = (dtype, *(id(lin.weight) for lin in linears))
+    if cache is not None and key in cache:
+        return cache[key]
+    weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])  # (out, in)
+    biases = [lin.bias for lin in linears]
+    bias = None if any(b is None for b in biases) else biases[0] if len(biases) == 1 else torch.cat(biases)  # (out,)
+    if cache is not None and dtype != weight.dtype:
+        weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
+        if _PREPACK and dtype == torch.bfloat16:
+            weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+    if cache is not None:
+        cache[key] = (weight, bias)
+    return weight, bias
 
 
 def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | None) -> Tensor:
     """Self-attention of one BERT layer on packed tokens x (T, H) -> context (T, H), before the output dense.
 
     Per bucket, the rows are laid out padded (n rows x L) for SDPA. Training projects the T real tokens
-    (one (T, H) x (H, 3H) matmul) and pads q, k, v; inference pads x first and projects the bucket's
-    n L slots: a few more rows in one matmul, but the (T, 3H) projection never sits in memory next to
-    its padded copy (the peak memory of long-document encoding is this layer).
+    (one (T, H) x (H, 3H) matmul) and pads q, k, v; inference projects each bucket's tokens on their own,
+    so that the (T, 3H) projection of a whole batch never sits in memory next to a padded copy (the peak
+    memory of long-document encoding is this layer).
     """
     att = layer.attention.self
     h, d = att.num_attention_heads, att.attention_head_size
     # One (., H) x (H, 3H) matmul instead of three; the weight concat is 3 H^2 floats, small next to T H.
-    weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
-    bias = torch.cat([att.query.bias, att.key.bias, att.value.bias])  # (3H,)
-    qkv = _linear(x, weight, bias, None) if fast is None else None  # (T', 3H)
+    if fast is None:
+        weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
+        bias = torch.cat([att.query.bias, att.key.bias, att.value.bias])  # (3H,)
+        qkv = _linear(x, weight, bias, None)  # (T', 3H)
+    else:
+        weight, bias = _prepared(fast, att.query, att.key, att.value)
+        qkv = None
     outs, token = [], 0
     for n, L, index, mask in p.buckets:
         t = index.shape[0]
@@ -239,12 +293,14 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
             part = qkv[token:token + t]  # (T_g, 3H)
             # In place into fresh zeros: one (n L, 3H) buffer, not two.
             padded = part if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part)  # (n L, 3H)
-        else:  # the (n L) slots, plus filler rows up to the row grid (see ROWS_MULTIPLE)
-            part = x[token:token + t]  # (T_g, H)
-            rows = _round_up(n * L)
-            # A full bucket already on the grid is its own padded layout: no copy.
-            slots = part if rows == t else part.new_zeros(rows, part.shape[1]).index_copy_(0, index, part)  # (~n L, H)
-            padded = _linear(slots, weight, bias, fast)[:n * L]  # (n L, 3H)
+        else:  # the bucket's T_g tokens and the rows after them up to the row grid (see ROWS_MULTIPLE)
+            rows = _round_up(t)
+            part = x[token:token + rows]  # (~T_g, H), a view
+            if part.shape[0] < rows:  # the last bucket: fillers of its own
+                part = torch.cat([part, part.new_zeros(rows - part.shape[0], part.shape[1])])
+            part = _linear(part, weight, bias, fast)  # (~T_g, 3H)
+            # A full bucket is its own padded layout: no copy.
+            padded = part[:t] if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part[:t])  # (n L, 3H)
         token += t
         q, k, v = padded.view(n, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (n, h, L, d)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full else mask[:, None, None, :],
@@ -297,20 +353,29 @@ def encode_packed(backbone, p: Packed) -> Tensor:
     fast = _inference_dtype(x)
     exact_gelu = backbone.config.hidden_act == "gelu"  # transformers' "gelu" is the exact (erf) GELU
     for layer in backbone.encoder.layer:
-        ctx = _attention(layer, x, p, layer.attention.self.dropout.p if backbone.training else 0.0, fast)  # (T, H)
-        out = layer.attention.output
-        x = out.LayerNorm(out.dropout(_linear(ctx, out.dense.weight, out.dense.bias, fast)) + x)
-        up, out = layer.intermediate.dense, layer.output
-        if exact_gelu and fast is None and torch.is_grad_enabled():
-            ffn = _GeluFeedForward.apply(x, up.weight, up.bias, out.dense.weight, out.dense.bias)  # (T, H)
-        else:
-            if exact_gelu:
-                inner = _linear(x, up.weight, up.bias, fast, gelu=True)  # (T, I)
-            else:
-                inner = layer.intermediate.intermediate_act_fn(_linear(x, up.weight, up.bias, fast))  # (T, I)
-            ffn = _linear(inner, out.dense.weight, out.dense.bias, fast)  # (T, H)
-        x = out.LayerNorm(out.dropout(ffn) + x)
+        x = _layer(layer, x, p, layer.attention.self.dropout.p if backbone.training else 0.0, fast, exact_gelu)
     return x
+
+
+def _layer(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | None, exact_gelu: bool) -> Tensor:
+    """One BERT layer on packed tokens, (T', H) -> (T', H). A function of its own so that in inference each
+    intermediate (the (T', 4H) feed-forward activation above all) is freed when the layer returns, not
+    kept alive by a loop variable through the next layer's attention."""
+    def dense(x, lin, gelu=False):  # the layer's own parameters in training, their inference copies else
+        return _linear(x, *((lin.weight, lin.bias) if fast is None else _prepared(fast, lin)), fast, gelu)
+
+    ctx = _attention(layer, x, p, dropout, fast)  # (T', H)
+    out = layer.attention.output
+    x = out.LayerNorm(out.dropout(dense(ctx, out.dense)) + x)
+    del ctx
+    up, out = layer.intermediate.dense, layer.output
+    if exact_gelu and fast is None and torch.is_grad_enabled():
+        ffn = _GeluFeedForward.apply(x, up.weight, up.bias, out.dense.weight, out.dense.bias)  # (T', H)
+    else:
+        inner = dense(x, up, gelu=True) if exact_gelu else layer.intermediate.intermediate_act_fn(dense(x, up))  # (T', I)
+        ffn = dense(inner, out.dense)  # (T', H)
+        del inner
+    return out.LayerNorm(out.dropout(ffn) + x)
 
 
 def unpack(hidden: Tensor, p: Packed) -> list[Tensor]:

@@ -242,11 +242,56 @@ def test_dropout_noise_matches_the_padded_forward(tiny_model_dirs):
 
 
 def test_inference_with_rows_on_the_row_grid_equals_padded(tiny):
-    """A full bucket whose n L slots already fill the row grid is projected without a padded copy; the
-    result still equals the padded forward (and so do batches that need filler rows)."""
+    """A full bucket (every row exactly L = ATTENTION_MULTIPLE tokens) is its own padded layout, with no
+    copy, on the row grid or off it; rows shorter than L get masked key slots. Each equals the padded
+    forward."""
     model = tiny["bert"].eval()
-    for texts in (["a man plays a guitar"] * packing.ROWS_MULTIPLE, ["a man plays a guitar"] * 3):
+    words = next(w for n in range(1, 40) if len(model.tokenize([w := " ".join(["guitar"] * n)])["input_ids"][0])
+                 == packing.ATTENTION_MULTIPLE)
+    for texts in ([words] * packing.ROWS_MULTIPLE, [words] * 3, ["a man plays a guitar"] * 3):
         features = model.tokenize(texts)
-        assert features["attention_mask"].all()  # one full bucket
+        assert features["attention_mask"].all()  # one bucket
         with torch.inference_mode():
             torch.testing.assert_close(model(features), padded(model, features), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_buckets_are_padded_to_the_attention_multiple():
+    lengths = [40, 33, 17, 16, 15, 9, 3, 1]
+    buckets = packing._buckets(lengths, "cpu")
+    assert sum(n for n, *_ in buckets) == len(lengths)
+    row = 0
+    for n, L, index, mask in buckets:
+        assert L % packing.ATTENTION_MULTIPLE == 0 and L >= lengths[row]  # the bucket's longest row, rounded up
+        assert mask.shape == (n, L) and mask.sum(1).tolist() == lengths[row:row + n]  # the extra keys are masked
+        assert index.tolist() == mask.reshape(-1).nonzero().squeeze(1).tolist()
+        row += n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reused_inference_weights_equal_per_batch_copies(tiny, dtype):
+    """encode() makes each linear's inference weights (fused QKV, bf16 casts, oneDNN layout) once per call
+    (`packing.reusing_weights`); batches see the same results as with copies made per batch, and a later
+    call sees weights changed in between."""
+    model = tiny["bert"].eval()
+    features = model.tokenize(TEXTS)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    with torch.inference_mode(), autocast:
+        fresh = model(features)
+        with packing.reusing_weights():
+            reused = [model(features) for _ in range(2)]
+            att = model.backbone.encoder.layer[0].attention.self
+            assert packing._prepared(dtype, att.query, att.key, att.value)[0] is \
+                packing._prepared(dtype, att.query, att.key, att.value)[0]  # made once in the block
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=0)
+    for r in reused:
+        torch.testing.assert_close(r.float(), fresh.float(), **tol)
+    before = model.encode(TEXTS, convert_to_tensor=True)
+    with torch.no_grad():
+        model.backbone.encoder.layer[0].output.dense.weight.mul_(1.5)
+    try:
+        after = model.encode(TEXTS, convert_to_tensor=True)
+        assert not torch.allclose(before, after)  # no copy survives the call
+        torch.testing.assert_close(after, padded(model, model.tokenize(TEXTS)), atol=1e-5, rtol=1e-5)
+    finally:
+        with torch.no_grad():
+            model.backbone.encoder.layer[0].output.dense.weight.div_(1.5)
