@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minisbert import BiEncoder
-from minisbert.gradcache import cached_step
+from minisbert.gradcache import balanced_order, cached_step, chunk_ranges
 from minisbert.losses import mnrl
 
 
@@ -51,14 +51,17 @@ def test_cached_equals_uncached_with_prompt_excluded_and_bf16(prompt_model, dtyp
     cached = cached_step(embed, columns, loss_fn, mini)
     g_cached = _grads(model)
 
-    # Reference: the same chunks in the same order from the same seed, with grad, one backward.
+    # Reference: the same chunks (cached_step's token-balanced rows) in the same order from the same seed,
+    # with grad, back in batch order, one backward.
     torch.manual_seed(0)
     model.zero_grad()
     embs = []
+    ranges = chunk_ranges(10, mini)
     for column in columns:
-        parts = [embed({k: (v[i:i + mini] if torch.is_tensor(v) else v) for k, v in column.items()})
-                 for i in range(0, 10, mini)]
-        embs.append(torch.cat(parts))
+        order = balanced_order(column, ranges)
+        column = {k: (v[order] if torch.is_tensor(v) else v) for k, v in column.items()}
+        parts = [embed({k: (v[i:j] if torch.is_tensor(v) else v) for k, v in column.items()}) for i, j in ranges]
+        embs.append(torch.cat(parts)[torch.argsort(order)])
     reference = loss_fn(embs, None)
     reference.backward()
     g_ref = _grads(model)

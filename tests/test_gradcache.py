@@ -18,6 +18,7 @@ from torch import nn
 from minisbert import losses as L
 from minisbert.gradcache import (
     RngState,
+    balanced_order,
     cached_step,
     chunk_ranges,
     embed_without_graph,
@@ -91,12 +92,20 @@ N_COLUMNS = {"mnrl": 3, "matryoshka_mnrl": 3, "triplet": 3, "cosent": 2, "mnrl_s
              "matryoshka_triplet": 3}
 
 
-def reference(model, embed, columns, loss_fn, mini_batch_size, labels, seed):
-    """Uncached: the same chunks embedded in the same order under the same seed, one graph, one backward."""
+def reference(model, embed, columns, loss_fn, mini_batch_size, labels, seed, balanced=True):
+    """Uncached: the same chunks (balanced_order's rows, as cached_step makes them; batch order with
+    balanced=False, as the stages alone take them) embedded in the same order under the same seed, put
+    back in batch order, one graph, one backward."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
     ranges = chunk_ranges(B, mini_batch_size)
-    embeddings = [torch.cat([embed(chunk(col, i, j)) for i, j in ranges]) for col in columns]
+    embeddings = []
+    for col in columns:
+        order = balanced_order(col, ranges) if balanced else None
+        order = torch.arange(B) if order is None else order
+        col = {k: v[order] if isinstance(v, torch.Tensor) else v for k, v in col.items()}
+        emb = torch.cat([embed(chunk(col, i, j)) for i, j in ranges])  # (B, D), rows in `order`
+        embeddings.append(emb[torch.argsort(order)])
     loss = loss_fn(embeddings, labels)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -228,7 +237,7 @@ def test_replay_without_restoring_rng_gives_different_grads():
     model = TinyEncoder(p=0.1)
     columns = make_columns(3)
     loss_fn, _ = loss_for("mnrl", columns)
-    ref_loss, ref_grads = reference(model, model, columns, loss_fn, 3, None, seed=10)
+    ref_loss, ref_grads = reference(model, model, columns, loss_fn, 3, None, seed=10, balanced=False)
 
     model.zero_grad(set_to_none=True)
     torch.manual_seed(10)
@@ -362,3 +371,35 @@ def test_bad_input_raises_value_errors():
         cached_step(model, [], fn, 4)
     with pytest.raises(ValueError, match="does not use column 2"):
         cached_step(model, make_columns(3), fn, 4)
+
+
+def test_balanced_chunks_keep_their_row_counts_and_spread_long_rows():
+    lengths = [100, 90, 5, 4, 3, 80, 2, 1, 1, 70]  # the long rows would fill chunks 0 and 2 in batch order
+    mask = (torch.arange(100)[None, :] < torch.tensor(lengths)[:, None]).long()
+    ranges = chunk_ranges(len(lengths), 4)  # [(0, 4), (4, 8), (8, 10)]
+    order = balanced_order({"input_ids": mask, "attention_mask": mask}, ranges)
+    assert sorted(order.tolist()) == list(range(len(lengths)))  # a permutation
+    tokens = [sum(lengths[r] for r in order[i:j].tolist()) for i, j in ranges]
+    naive = [sum(lengths[i:j]) for i, j in ranges]
+    assert max(naive) == 100 + 90 + 5 + 4
+    # 4 long rows in 3 chunks: two must share one, at best the two shortest (80 + 70), as the deal does
+    assert max(tokens) == 80 + 70
+    for i, j in ranges:  # batch order within a chunk
+        assert order[i:j].tolist() == sorted(order[i:j].tolist())
+    assert balanced_order({"input_ids": mask}, ranges) is None  # no mask: nothing to balance
+    assert balanced_order({"input_ids": mask, "attention_mask": mask}, [(0, 10)]) is None  # one chunk
+
+
+def test_cached_step_on_balanced_chunks_equals_batch_order_embeddings():
+    """The loss sees each column in batch order whatever the chunking: with dropout off the cached loss
+    and gradients equal one uncached pass over the batch as it is."""
+    model = TinyEncoder(p=0.0)
+    columns = make_columns(3)
+    fn, _ = loss_for("mnrl", columns)
+    model.zero_grad(set_to_none=True)
+    expected = fn([model(c) for c in columns], None)
+    expected.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss, got = cached(model, model, columns, fn, 3, None, seed=0)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
+    assert_grads_close(got, ref, 1e-5)
