@@ -48,13 +48,13 @@ import torch
 import transformers
 from tqdm.auto import tqdm
 
-from minisbert import distributed, evaluation, losses, training
+from minisbert import distributed, evaluation, gradcache, losses, training
 from minisbert.backbone import Truncation
 from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
 from minisbert.cross_encoder import CrossEncoder
 from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
-from minisbert.gradcache import cached_step, chunk_ranges
+from minisbert.gradcache import cached_step
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES
 from minisbert.training import (
@@ -480,7 +480,7 @@ def main(cfg: TrainConfig) -> dict:
         mine, sizes = world.shard(rows)
         columns, labels, loss_fn = micro_batch(task, mine, sizes, batch=rows)
         if task.mini_batch_size:
-            replays = len(columns) * len(chunk_ranges(len(mine), task.mini_batch_size))
+            replays = sum(len(r) for r in gradcache.plan(columns, task.mini_batch_size))  # forwards with grad
             forward = distributed.SyncLastForward(trained, embed, replays, sync)
             loss = cached_step(forward, columns, loss_fn, task.mini_batch_size, labels=labels, loss_scale=loss_scale)
             forward.check()

@@ -5,7 +5,7 @@ In-batch losses (mnrl, gist, ...) need every embedding of the batch at once, so 
 activations of all B rows of every column alive until backward. GradCache (Gao et al. 2021, "Scaling Deep
 Contrastive Learning Batch Size under Memory Limited Setup", arXiv:2101.06983) splits the step in three:
 
-    0. balanced_order           group each column's rows into chunks of about equal token counts
+    0. plan, balanced_order     each column's chunks: bounded rows and tokens, rows spread by token count
     1. embed_without_graph      embed every chunk of every column under no_grad, saving each chunk's RNG state
     2. loss_and_cached_grads    loss on detached leaf embeddings (B, D), backward to them, keep d loss / d emb
     3. replay_with_cached_grads re-embed each chunk under its saved RNG state (same dropout masks) and
@@ -23,6 +23,7 @@ the model or the losses. Shape letters: K columns, B batch, b chunk rows, L toke
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,44 @@ def _chunk(column: Column, begin: int, end: int) -> dict[str, Any]:
     }
 
 
-def balanced_order(column: Column, ranges: Sequence[tuple[int, int]]) -> Tensor | None:
+Ranges = Sequence[tuple[int, int]]  # one column's chunks: row ranges [(begin, end), ...]
+
+
+def _tokens(column: Column) -> list[int] | None:
+    mask = column.get("attention_mask")
+    return mask.sum(1).tolist() if isinstance(mask, Tensor) and mask.ndim == 2 else None  # (B,)
+
+
+def plan(columns: Sequence[Column], mini_batch_size: int) -> list[list[tuple[int, int]]]:
+    """K x the row ranges of each column's chunks: at most `mini_batch_size` rows and, where the columns
+    carry an "attention_mask", at most about `mini_batch_size` x (the mean real tokens of a row over all
+    columns of the batch) tokens. The second bound splits a column of long rows (NLI premises next to short
+    hypotheses) into more, smaller chunks, so that no chunk costs more activation memory than the average
+    one; a column of short rows keeps ST's chunks of mini_batch_size rows. Rows are spread over the
+    chunks by `balanced_order`.
+
+    Why: the step's peak is the heaviest chunk's activations on top of the parameter gradients, which
+    exist from the first chunk's backward on. Chunked by rows only, every long-row chunk after the first
+    paid both (1.5x the peak of a 32-row batch at 128 to 1024 rows of NLI triplets).
+    """
+    B = _batch_size(columns)
+    ranges = chunk_ranges(B, mini_batch_size)
+    lengths = [_tokens(column) for column in columns]
+    if any(t is None for t in lengths):
+        return [list(ranges) for _ in columns]
+    budget = mini_batch_size * sum(map(sum, lengths)) / (len(columns) * B)  # tokens of mini_batch_size mean rows
+    if budget <= 0:
+        return [list(ranges) for _ in columns]
+    out = []
+    for tokens in lengths:
+        count = max(len(ranges), math.ceil(sum(tokens) / budget - 1e-9))
+        sizes = [B // count + (1 if c < B % count else 0) for c in range(count)]
+        starts = [sum(sizes[:c]) for c in range(count)]
+        out.append([(start, start + size) for start, size in zip(starts, sizes)] if count > len(ranges) else list(ranges))
+    return out
+
+
+def balanced_order(column: Column, ranges: Ranges) -> Tensor | None:
     """(B,) a permutation of the column's rows after which each of `ranges` holds about the same number of
     real tokens, or None when the column has no "attention_mask" (nothing to balance).
 
@@ -90,10 +128,9 @@ def balanced_order(column: Column, ranges: Sequence[tuple[int, int]]) -> Tensor 
     its row count (mini_batch_size, as ST's) and the heaviest is close to the mean. Within a chunk, rows
     keep their batch order. Deterministic: ties go to the lower chunk.
     """
-    mask = column.get("attention_mask")
-    if not isinstance(mask, Tensor) or mask.ndim != 2 or len(ranges) < 2:
+    lengths = _tokens(column)
+    if lengths is None or len(ranges) < 2:
         return None
-    lengths = mask.sum(1).tolist()  # (B,)
     room = [end - begin for begin, end in ranges]
     tokens = [0] * len(ranges)
     members: list[list[int]] = [[] for _ in ranges]
@@ -146,16 +183,22 @@ class RngState:
 # ----------------------------------------------------------------------------- the three stages
 
 
+def _per_column(ranges: Ranges | Sequence[Ranges], k: int) -> list[Ranges]:
+    """The stages take one list of ranges for every column, or K lists (`plan`)."""
+    shared = len(ranges) > 0 and isinstance(ranges[0], tuple) and isinstance(ranges[0][0], int)
+    return [ranges] * k if shared else list(ranges)
+
+
 def embed_without_graph(
-    embed: Embed, columns: Sequence[Column], ranges: Sequence[tuple[int, int]], save_rng: bool = True
+    embed: Embed, columns: Sequence[Column], ranges: Ranges | Sequence[Ranges], save_rng: bool = True
 ) -> tuple[list[Tensor], list[list[RngState]]]:
     """Stage 1: embed every chunk of every column without a graph; return K x (B, D) and the RNG state
     each chunk started from (K x chunks; empty lists when save_rng is False)."""
     embeddings, states = [], []
     with torch.no_grad():
-        for column in columns:
+        for column, column_ranges in zip(columns, _per_column(ranges, len(columns))):
             parts, column_states = [], []
-            for begin, end in ranges:
+            for begin, end in column_ranges:
                 chunk = _chunk(column, begin, end)
                 if save_rng:
                     column_states.append(RngState.capture(chunk))
@@ -188,7 +231,7 @@ def loss_and_cached_grads(
 def replay_with_cached_grads(
     embed: Embed,
     columns: Sequence[Column],
-    ranges: Sequence[tuple[int, int]],
+    ranges: Ranges | Sequence[Ranges],
     states: Sequence[Sequence[RngState]],
     grads: Sequence[Tensor],
 ) -> None:
@@ -198,8 +241,8 @@ def replay_with_cached_grads(
     taken in float32 so bf16 embeddings neither overflow nor lose the gradient's precision (ST PR #3862).
     Each chunk's graph is freed by its own backward, so only one chunk's activations are alive at a time.
     """
-    for column, column_states, grad in zip(columns, states, grads):
-        for (begin, end), state in zip(ranges, column_states):
+    for column, column_ranges, column_states, grad in zip(columns, _per_column(ranges, len(columns)), states, grads):
+        for (begin, end), state in zip(column_ranges, column_states):
             with state.restored():
                 reps = embed(_chunk(column, begin, end))  # (b, D)
             surrogate = (reps.float() * grad[begin:end]).sum()
@@ -218,23 +261,24 @@ def cached_step(
     labels: Any = None,
     loss_scale: float = 1.0,
 ) -> Tensor:
-    """One GradCache step: embeds `columns` in chunks of `mini_batch_size` rows, computes
+    """One GradCache step: embeds `columns` in chunks of at most `mini_batch_size` rows (fewer in a column
+    of long rows, see `plan`), computes
     `loss_fn(embeddings, labels)` and accumulates the parameter gradients of `loss_scale * loss` (e.g.
     loss_scale = 1 / accumulation_steps) into `.grad`, with the memory of one chunk. Returns the detached,
     unscaled loss; the caller must not call backward on it.
 
     embed(chunk) -> (b, D): the model's forward with grad on one chunk (may use autocast inside).
     columns: K dicts of batch-first tensors with the same first dim B (e.g. input_ids (B, L)); a chunk is
-        {key: value[i:j]}; non-tensor (and 0-d tensor) values are passed unchanged to every chunk.
+        {key: value[rows]}; non-tensor (and 0-d tensor) values are passed unchanged to every chunk.
     loss_fn(embeddings, labels) -> scalar: the loss on the K column embeddings, each (B, D).
 
     With grad disabled (evaluation) it only embeds in chunks and returns the loss: no RNG snapshots and
     no backward (ST #2667).
     """
-    ranges = chunk_ranges(_batch_size(columns), mini_batch_size)
-    # Chunks of balanced token counts (see balanced_order): the stages run on the reordered rows, the loss
-    # sees every column in batch order.
-    orders = [balanced_order(column, ranges) for column in columns]
+    ranges = plan(columns, mini_batch_size)  # K x chunks of bounded rows and tokens
+    # Rows spread over the chunks by token count (balanced_order): the stages run on the reordered rows,
+    # the loss sees every column in batch order.
+    orders = [balanced_order(column, r) for column, r in zip(columns, ranges)]
     columns = [_take(column, order) for column, order in zip(columns, orders)]
 
     def batch_order(embeddings):  # K x (B, D) reordered -> batch order

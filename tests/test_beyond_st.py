@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minisbert import BiEncoder
-from minisbert.gradcache import balanced_order, cached_step, chunk_ranges
+from minisbert.gradcache import balanced_order, cached_step, plan
 from minisbert.losses import mnrl
 
 
@@ -51,13 +51,12 @@ def test_cached_equals_uncached_with_prompt_excluded_and_bf16(prompt_model, dtyp
     cached = cached_step(embed, columns, loss_fn, mini)
     g_cached = _grads(model)
 
-    # Reference: the same chunks (cached_step's token-balanced rows) in the same order from the same seed,
+    # Reference: the same chunks (cached_step's plan and token-balanced rows) in the same order from the same seed,
     # with grad, back in batch order, one backward.
     torch.manual_seed(0)
     model.zero_grad()
     embs = []
-    ranges = chunk_ranges(10, mini)
-    for column in columns:
+    for column, ranges in zip(columns, plan(columns, mini)):
         order = balanced_order(column, ranges)
         column = {k: (v[order] if torch.is_tensor(v) else v) for k, v in column.items()}
         parts = [embed({k: (v[i:j] if torch.is_tensor(v) else v) for k, v in column.items()}) for i, j in ranges]

@@ -45,7 +45,7 @@ import train  # noqa: E402
 
 from minisbert import distributed, losses, training  # noqa: E402
 from minisbert.distributed import SyncLastForward, World  # noqa: E402
-from minisbert.gradcache import cached_step, chunk_ranges  # noqa: E402
+from minisbert.gradcache import cached_step, plan  # noqa: E402
 from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
 from minisbert.data import load_dataset  # noqa: E402
 
@@ -192,7 +192,7 @@ def _check_cached_step_under_ddp(world: World):
     ddp.register_comm_hook(None, counting_hook)
     mine, sizes = world.shard(list(range(n)))
     columns = [{"x": x[mine]} for x in inputs]
-    forward = SyncLastForward(ddp, ddp, len(columns) * len(chunk_ranges(len(mine), m)))
+    forward = SyncLastForward(ddp, ddp, sum(len(r) for r in plan(columns, m)))
     cached_step(forward, columns, world.gathered(fn, sizes), m)
     forward.check()
     assert all_reduces == [0], all_reduces  # one bucket, all-reduced once: after the last replay

@@ -23,6 +23,7 @@ from minisbert.gradcache import (
     chunk_ranges,
     embed_without_graph,
     loss_and_cached_grads,
+    plan,
     replay_with_cached_grads,
 )
 
@@ -93,14 +94,14 @@ N_COLUMNS = {"mnrl": 3, "matryoshka_mnrl": 3, "triplet": 3, "cosent": 2, "mnrl_s
 
 
 def reference(model, embed, columns, loss_fn, mini_batch_size, labels, seed, balanced=True):
-    """Uncached: the same chunks (balanced_order's rows, as cached_step makes them; batch order with
-    balanced=False, as the stages alone take them) embedded in the same order under the same seed, put
+    """Uncached: the same chunks (plan's ranges over balanced_order's rows, as cached_step makes them;
+    plain chunk_ranges in batch order with balanced=False, as the stages alone take them) embedded in the same order under the same seed, put
     back in batch order, one graph, one backward."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    ranges = chunk_ranges(B, mini_batch_size)
+    plans = plan(columns, mini_batch_size) if balanced else [chunk_ranges(B, mini_batch_size)] * len(columns)
     embeddings = []
-    for col in columns:
+    for col, ranges in zip(columns, plans):
         order = balanced_order(col, ranges) if balanced else None
         order = torch.arange(B) if order is None else order
         col = {k: v[order] if isinstance(v, torch.Tensor) else v for k, v in col.items()}
@@ -403,3 +404,18 @@ def test_cached_step_on_balanced_chunks_equals_batch_order_embeddings():
     loss, got = cached(model, model, columns, fn, 3, None, seed=0)
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-6)
     assert_grads_close(got, ref, 1e-5)
+
+
+def test_plan_splits_a_column_of_long_rows_into_smaller_chunks():
+    def column(lengths):
+        mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+        return {"input_ids": mask, "attention_mask": mask}
+
+    long, short = column([30] * 16), column([10] * 16)  # mean row: 20 tokens, so a chunk of 4 rows holds ~80
+    plans = plan([long, short], 4)
+    assert plans[1] == chunk_ranges(16, 4)  # short rows: ST's chunks of mini_batch_size rows
+    assert len(plans[0]) == 6 and max(j - i for i, j in plans[0]) <= 4  # 480 tokens / 80 -> 6 chunks of <= 4 rows
+    assert [r for ranges in plans for r in ranges][0] == (0, 3) and sum(j - i for i, j in plans[0]) == 16
+    for ranges in plans:
+        assert [i for i, _ in ranges[1:]] == [j for _, j in ranges[:-1]]  # contiguous cover of the rows
+    assert plan([{"input_ids": long["input_ids"]}] * 2, 4) == [chunk_ranges(16, 4)] * 2  # no mask: rows only
