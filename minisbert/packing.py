@@ -64,9 +64,12 @@ ATTENTION_WASTE = 0.25
 # token counts are new in almost every batch: encoding 5,000 sentences in bf16 spent 3.2 s of 9.2 s
 # compiling. On a grid of 32 rows a run meets a few dozen shapes, at < 32 wasted rows per matmul.
 ROWS_MULTIPLE = 32
-# Attention buckets are padded to a multiple of this many keys (masked out). torch's CPU SDPA kernel runs
-# 2-3x faster per row at L = 16, 32, 48... than at the lengths just below them (fp32 and bf16, measured on
-# 64 rows x 12 heads: L=15 0.19 ms per unit of L, L=16 0.06 ms), so the extra masked keys pay for themselves.
+# Attention buckets are padded to a multiple of this many keys (masked out) when attention runs without
+# dropout. torch's fused CPU SDPA kernel runs 2-3x faster per row at L = 16, 32, 48... than at the lengths
+# just below them (fp32 and bf16, measured on 64 rows x 12 heads: L=15 0.19 ms per unit of L, L=16 0.06 ms),
+# so the extra masked keys pay for themselves. With attention dropout (training) SDPA takes its math path,
+# which materializes (n, h, L, L) probabilities: there padding only costs (MNRL training steps measured
+# 15% slower and 10% more memory with it), so buckets keep their longest row's length.
 ATTENTION_MULTIPLE = 16
 
 
@@ -124,11 +127,11 @@ class Packed:
     fillers: int = 0  # T' - T
 
 
-def _buckets(lengths: list[int], device) -> list[tuple[int, int, Tensor, Tensor]]:
+def _buckets(lengths: list[int], device, multiple: int = ATTENTION_MULTIPLE) -> list[tuple[int, int, Tensor, Tensor]]:
     """Split rows sorted by decreasing length into attention buckets (n rows, L, index, mask).
 
     A bucket is closed when padding its rows to its longest would waste more than ATTENTION_WASTE of
-    its (query x key) slots; its L is then that longest row rounded up to ATTENTION_MULTIPLE. index (T_g,)
+    its (query x key) slots; its L is then that longest row rounded up to `multiple`. index (T_g,)
     places the bucket's tokens (packed order) in its (n L) padded layout; mask (n, L) is True at real tokens.
     """
     buckets, start, n_rows = [], 0, len(lengths)
@@ -138,7 +141,7 @@ def _buckets(lengths: list[int], device) -> list[tuple[int, int, Tensor, Tensor]
         while end < n_rows and (end == start or 1 - (real + lengths[end] ** 2) / ((end + 1 - start) * L * L) <= ATTENTION_WASTE):
             real += lengths[end] ** 2
             end += 1
-        L = -(-L // ATTENTION_MULTIPLE) * ATTENTION_MULTIPLE
+        L = -(-L // multiple) * multiple
         lens = torch.tensor(lengths[start:end], device=device)
         mask = torch.arange(L, device=device)[None, :] < lens[:, None]  # (n, L)
         buckets.append((end - start, L, mask.reshape(-1).nonzero().squeeze(1), mask))
@@ -155,11 +158,12 @@ def position_ids(backbone, input_ids: Tensor) -> Tensor:
     return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, L)
 
 
-def pack(columns: list[dict]) -> Packed | None:
+def pack(columns: list[dict], attention_multiple: int = ATTENTION_MULTIPLE) -> Packed | None:
     """K padded feature dicts {"input_ids" (B_k, L_k), "attention_mask" (B_k, L_k)[, "token_type_ids",
     "position_ids"]} -> one Packed batch, or None when a row has no token (nothing to attend to; use the
     padded path). Any padding side works: a row's real tokens are read in order. Without "position_ids",
-    positions are the padded column index (BERT's numbering)."""
+    positions are the padded column index (BERT's numbering). Attention buckets are padded to
+    `attention_multiple` keys (1: not at all; see ATTENTION_MULTIPLE)."""
     masks = [c["attention_mask"].bool() for c in columns]
     lengths = torch.cat([m.sum(1) for m in masks])  # (N,) in column order
     if lengths.numel() == 0 or int(lengths.min()) == 0:
@@ -189,7 +193,7 @@ def pack(columns: list[dict]) -> Packed | None:
 
     return Packed(
         input_ids=tail(ids[gather]), token_type_ids=tail(types[gather]) if types is not None else None,
-        position_ids=tail(positions[gather]), buckets=_buckets(sorted_lengths.tolist(), device), unsort=unsort,
+        position_ids=tail(positions[gather]), buckets=_buckets(sorted_lengths.tolist(), device, attention_multiple), unsort=unsort,
         masks=masks, fillers=fillers,
     )
 
@@ -396,7 +400,9 @@ def hidden_states(backbone, columns: list[dict]) -> list[Tensor] | None:
     when the backbone (see `supports`) or the batch (an empty row) needs the backbone's own forward."""
     if not supports(backbone):
         return None
-    p = pack([c | {"position_ids": position_ids(backbone, c["input_ids"])} for c in columns])
+    dropout = backbone.training and any(layer.attention.self.dropout.p > 0 for layer in backbone.encoder.layer)
+    p = pack([c | {"position_ids": position_ids(backbone, c["input_ids"])} for c in columns],
+             attention_multiple=1 if dropout else ATTENTION_MULTIPLE)  # see ATTENTION_MULTIPLE
     return None if p is None else unpack(encode_packed(backbone, p), p)
 
 

@@ -255,16 +255,30 @@ def test_inference_with_rows_on_the_row_grid_equals_padded(tiny):
             torch.testing.assert_close(model(features), padded(model, features), rtol=1e-5, atol=1e-5)
 
 
-def test_attention_buckets_are_padded_to_the_attention_multiple():
+@pytest.mark.parametrize("multiple", [packing.ATTENTION_MULTIPLE, 1])
+def test_attention_buckets_are_padded_to_the_attention_multiple(multiple):
     lengths = [40, 33, 17, 16, 15, 9, 3, 1]
-    buckets = packing._buckets(lengths, "cpu")
+    buckets = packing._buckets(lengths, "cpu", multiple)
     assert sum(n for n, *_ in buckets) == len(lengths)
     row = 0
     for n, L, index, mask in buckets:
-        assert L % packing.ATTENTION_MULTIPLE == 0 and L >= lengths[row]  # the bucket's longest row, rounded up
+        assert L == -(-lengths[row] // multiple) * multiple  # the bucket's longest row, rounded up
         assert mask.shape == (n, L) and mask.sum(1).tolist() == lengths[row:row + n]  # the extra keys are masked
         assert index.tolist() == mask.reshape(-1).nonzero().squeeze(1).tolist()
         row += n
+
+
+def test_training_with_attention_dropout_keeps_buckets_unpadded(tiny_model_dirs, monkeypatch):
+    """SDPA's math path (attention dropout) gains nothing from padded keys, only pays for them."""
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
+    seen = []
+    real_pack = packing.pack
+    monkeypatch.setattr(packing, "pack", lambda cols, attention_multiple: seen.append(attention_multiple) or real_pack(cols, attention_multiple))
+    features = model.tokenize(TEXTS)
+    assert model.backbone.encoder.layer[0].attention.self.dropout.p > 0
+    model.train()(features)
+    model.eval()(features)
+    assert seen == [1, packing.ATTENTION_MULTIPLE]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
