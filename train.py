@@ -104,7 +104,8 @@ class TrainConfig:
     matryoshka_inner: str = arg("mnrl", "the embedding loss that matryoshka wraps")
     matryoshka_dims: list[int] | None = arg(None, "matryoshka widths (default: the model's width, then 256 128 64 32 below it)")
     matryoshka_weights: list[float] | None = arg(None, "one weight per matryoshka dim (default: 1 each)")
-    mini_batch_size: int | None = arg(None, "run the cached (GradCache) step with chunks of this many rows (cached_mnrl: 32)")
+    mini_batch_size: int | None = arg(None, "run the cached (GradCache) step with chunks of at most this many rows, fewer in a "
+                                         "column of long rows (gradcache.plan) (cached_mnrl: 32)")
     pos_weight: float | None = arg(None, "bce: weight of the positive class, e.g. #negatives / #positives")
     # optimization
     batch_size: int = arg(32, "rows per batch, over all processes (ST's per-device default is 8)")

@@ -3,7 +3,7 @@ one mini-batch.
 
 In-batch losses (mnrl, gist, ...) need every embedding of the batch at once, so plain training keeps the
 activations of all B rows of every column alive until backward. GradCache (Gao et al. 2021, "Scaling Deep
-Contrastive Learning Batch Size under Memory Limited Setup", arXiv:2101.06983) splits the step in three:
+Contrastive Learning Batch Size under Memory Limited Setup", arXiv:2101.06983) splits the step in three, after choosing the chunks:
 
     0. plan, balanced_order     each column's chunks: bounded rows and tokens, rows spread by token count
     1. embed_without_graph      embed every chunk of every column under no_grad, saving each chunk's RNG state
@@ -11,7 +11,7 @@ Contrastive Learning Batch Size under Memory Limited Setup", arXiv:2101.06983) s
     3. replay_with_cached_grads re-embed each chunk under its saved RNG state (same dropout masks) and
                                 backpropagate sum(emb * cached_grad), one chunk at a time
 
-Peak activation memory is one mini-batch's forward plus the K x (B, D) embeddings and the loss's score
+Peak activation memory is one chunk's forward plus the K x (B, D) embeddings and the loss's score
 matrix; the price is a second forward pass. The result (loss and parameter gradients) equals plain
 training that embeds the same chunks with the same dropout masks.
 
