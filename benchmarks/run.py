@@ -335,7 +335,20 @@ def main(argv=None) -> int:
     table = Table()
     print(table.markdown(), flush=True)
     raw, errors = {}, {}
-    for name in workloads:
+
+    def write(done: list[str]):
+        """The outputs so far: written after every workload, so that an interrupted run keeps what it measured."""
+        info["load_average_at_end"] = os.getloadavg()[0]
+        info["workloads_done"] = done
+        if a.json:
+            a.json.write_text(json.dumps({"machine": info, "rows": table.rows, "raw": raw, "errors": errors}, indent=2, default=str))
+        if a.markdown:
+            a.markdown.write_text(f"{info['date']}, {info['cpu']}, {a.threads} threads, torch {info['torch']}, transformers "
+                                  f"{info['transformers']}, sentence-transformers {info['sentence_transformers']}; command "
+                                  f"`{info['command']}`; load average {info['load_average_at_start']:.2f} -> "
+                                  f"{info['load_average_at_end']:.2f}\n\n{table.markdown()}\n")
+
+    for i, name in enumerate(workloads):
         started = time.time()
         try:
             raw[name] = RUNNERS[name](table, a)
@@ -343,16 +356,9 @@ def main(argv=None) -> int:
             errors[name] = f"{type(e).__name__}: {e}"
             print(f"| {name} | FAILED: {errors[name].splitlines()[0]} |", flush=True)
         raw.setdefault("elapsed_s", {})[name] = round(time.time() - started, 1)
-    info["load_average_at_end"] = os.getloadavg()[0]
+        write(workloads[:i + 1])
     print("\n" + table.markdown())
     print(f"\nload average at start {info['load_average_at_start']:.2f}, at end {info['load_average_at_end']:.2f}")
-    if a.json:
-        a.json.write_text(json.dumps({"machine": info, "rows": table.rows, "raw": raw, "errors": errors}, indent=2, default=str))
-    if a.markdown:
-        a.markdown.write_text(f"{info['date']}, {info['cpu']}, {a.threads} threads, torch {info['torch']}, transformers "
-                              f"{info['transformers']}, sentence-transformers {info['sentence_transformers']}; command "
-                              f"`{info['command']}`; load average {info['load_average_at_start']:.2f} -> "
-                              f"{info['load_average_at_end']:.2f}\n\n{table.markdown()}\n")
     for name, err in errors.items():
         print(f"\n{name} failed:\n{err}", file=sys.stderr)
     return 1 if errors else 0
