@@ -269,16 +269,65 @@ def test_attention_buckets_are_padded_to_the_attention_multiple(multiple):
 
 
 def test_training_with_attention_dropout_keeps_buckets_unpadded(tiny_model_dirs, monkeypatch):
-    """SDPA's math path (attention dropout) gains nothing from padded keys, only pays for them."""
+    """SDPA's math path (attention dropout) gains nothing from padded keys, only pays for them. Buckets
+    are capped at INFERENCE_TILE slots only without autograd."""
     model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
     seen = []
     real_pack = packing.pack
-    monkeypatch.setattr(packing, "pack", lambda cols, attention_multiple: seen.append(attention_multiple) or real_pack(cols, attention_multiple))
+    monkeypatch.setattr(packing, "pack", lambda cols, attention_multiple, bucket_slots:
+                        seen.append((attention_multiple, bucket_slots)) or real_pack(cols, attention_multiple, bucket_slots))
     features = model.tokenize(TEXTS)
     assert model.backbone.encoder.layer[0].attention.self.dropout.p > 0
     model.train()(features)
     model.eval()(features)
-    assert seen == [1, packing.ATTENTION_MULTIPLE]
+    with torch.inference_mode():
+        model(features)
+    assert seen == [(1, None), (packing.ATTENTION_MULTIPLE, None), (packing.ATTENTION_MULTIPLE, packing.INFERENCE_TILE)]
+
+
+def test_buckets_hold_at_most_max_slots():
+    """With `max_slots`, a bucket of more than one row never has more than max_slots (row x key) slots;
+    the buckets still cover every row in order."""
+    lengths = sorted(torch.randint(1, 90, (200,), generator=torch.Generator().manual_seed(0)).tolist(), reverse=True)
+    for max_slots in (16, 64, 1024):
+        buckets = packing._buckets(lengths, "cpu", 16, max_slots)
+        row = 0
+        for n, L, index, mask in buckets:
+            assert n == 1 or n * L <= max_slots
+            assert mask.sum(1).tolist() == lengths[row:row + n]
+            row += n
+        assert row == len(lengths)
+    assert len(packing._buckets(lengths, "cpu", 16, 64)) > len(packing._buckets(lengths, "cpu", 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_tiles_bound_matmul_shapes_and_equal_one_pass(tiny, monkeypatch, dtype):
+    """Inference runs its matmuls on at most INFERENCE_TILE rows (or one row's tokens, when longer), on the
+    row grid, so batches of any size meet at most INFERENCE_TILE / ROWS_MULTIPLE row counts; results
+    equal one pass over the whole batch (float32: to rounding; bf16: to bf16 noise)."""
+    model = tiny["bert"].eval()
+    rows_seen = set()
+    real_linear = packing._linear
+    monkeypatch.setattr(packing, "_linear", lambda x, *a, **k: rows_seen.add(x.shape[0]) or real_linear(x, *a, **k))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=0)
+    tile = 2 * packing.ROWS_MULTIPLE
+    longest = 0
+    for n in (3, 8, 20, 37):
+        texts = (TEXTS * 5)[:n]
+        features = model.tokenize(texts)
+        longest = max(longest, int(features["attention_mask"].sum(1).max()))
+        with torch.inference_mode(), autocast:
+            monkeypatch.setattr(packing, "INFERENCE_TILE", 10**9)
+            whole = model(features)
+            monkeypatch.setattr(packing, "INFERENCE_TILE", tile)
+            rows_seen.clear()
+            tiled = model(features)
+            assert max(rows_seen) <= max(tile, packing._round_up(longest))
+            assert all(r % packing.ROWS_MULTIPLE == 0 for r in rows_seen)
+        torch.testing.assert_close(tiled.float(), whole.float(), **tol)
+        with torch.inference_mode():
+            torch.testing.assert_close(model(features), padded(model, features), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
