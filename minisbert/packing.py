@@ -67,9 +67,9 @@ ROWS_MULTIPLE = 32
 # Attention buckets are padded to a multiple of this many keys (masked out) when attention runs without
 # dropout. torch's fused CPU SDPA kernel runs 2-3x faster per row at L = 16, 32, 48... than at the lengths
 # just below them (fp32 and bf16, measured on 64 rows x 12 heads: L=15 0.19 ms per unit of L, L=16 0.06 ms),
-# so the extra masked keys pay for themselves. With attention dropout (training) SDPA takes its math path,
-# which materializes (n, h, L, L) probabilities: there padding only costs (MNRL training steps measured
-# 15% slower and 10% more memory with it), so buckets keep their longest row's length.
+# so the extra masked keys pay for themselves. With attention dropout (training) attention materializes
+# (n, h, L, L) probabilities (SDPA's math path, and `_DropoutAttention`): there padding only costs (MNRL
+# training steps measured 15% slower and 10% more memory with it), so buckets keep their longest row's length.
 ATTENTION_MULTIPLE = 16
 # Inference works on at most this many tokens at a time: the token-wise part of a layer (output dense,
 # LayerNorms, feed-forward) runs over row tiles of INFERENCE_TILE, and attention buckets hold at most this
@@ -324,14 +324,76 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
             padded = part[:t] if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part[:t])  # (n L, 3H)
         token += t
         q, k, v = padded.view(n, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (n, h, L, d)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full else mask[:, None, None, :],
-                                             dropout_p=dropout, scale=att.scaling)  # (n, h, L, d)
+        key_mask = None if full else mask[:, None, None, :]  # (n, 1, 1, L)
+        # Also without grad, so that GradCache's no-grad pass draws the same dropout masks as its replay.
+        if dropout > 0 and q.device.type == "cpu":
+            ctx = _DropoutAttention.apply(q, k, v, key_mask, dropout, att.scaling)  # (n, h, L, d)
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout, scale=att.scaling)  # (n, h, L, d)
         del q, k, v, padded
         ctx = ctx.transpose(1, 2).reshape(n * L, h * d)  # (n L, H)
         outs.append(ctx if full else ctx.index_select(0, index))  # (T_g, H)
     if p.fillers:
         outs.append(outs[0].new_zeros(p.fillers, outs[0].shape[1]))  # the filler tokens attend to nothing
     return torch.cat(outs) if len(outs) > 1 else outs[0]  # (T', H)
+
+
+def _dropout_seed() -> int:
+    """A seed for one attention call's dropout mask, drawn from torch's default CPU generator (so runs
+    are reproducible under torch.manual_seed, and resuming with the saved RNG state redraws the same)."""
+    return int(torch.randint(0, 2**62, (1,)))
+
+
+def _dropout_keep(shape, p: float, seed: int) -> Tensor:
+    """The keep mask (bool) of dropout with probability p, the same for the same seed."""
+    return torch.empty(shape, dtype=torch.bool).bernoulli_(1 - p, generator=torch.Generator().manual_seed(seed))
+
+
+def _attention_probabilities(q: Tensor, k: Tensor, key_mask: Tensor | None, scale: float) -> Tensor:
+    """softmax(q k^T scale) over unmasked keys, in float32: (n, h, L, d) x 2 -> (n, h, L, L)."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)  # (n, h, L, L)
+    if key_mask is not None:
+        scores.masked_fill_(~key_mask, float("-inf"))
+    return torch.softmax(scores, -1)
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """softmax(q k^T scale + key mask), dropped out with probability p, times v: attention for training on
+    CPU. SDPA with dropout takes torch's math path there, which keeps the (n, h, L, L) probabilities, the
+    dropout mask and the dropped probabilities for backward: quadratic in the row length, the largest
+    activation of long rows. This keeps q, k, v and a seed; backward recomputes the probabilities (one
+    more q k^T and softmax) and redraws the same dropout mask. Computes in float32, as the math path does
+    for bf16 inputs; gradients equal autograd's through the same operations (tests/test_packing.py)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask, p, scale):  # q, k, v (n, h, L, d); key_mask (n, 1, 1, L) or None
+        seed = _dropout_seed()
+        with torch.autocast("cpu", enabled=False):
+            probs = _attention_probabilities(q, k, key_mask, scale)  # (n, h, L, L)
+            probs.mul_(_dropout_keep(probs.shape, p, seed)).mul_(1 / (1 - p))
+            out = torch.matmul(probs, v.float()).to(v.dtype)  # (n, h, L, d)
+        ctx.save_for_backward(q, k, v, key_mask)
+        ctx.seed, ctx.p, ctx.scale = seed, p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, key_mask = ctx.saved_tensors
+        p, scale = ctx.p, ctx.scale
+        with torch.autocast("cpu", enabled=False):
+            dout = dout.float()
+            probs = _attention_probabilities(q, k, key_mask, scale)  # (n, h, L, L), recomputed
+            keep = _dropout_keep(probs.shape, p, ctx.seed)  # the forward's mask
+            dv = torch.matmul((probs * keep).mul_(1 / (1 - p)).transpose(-1, -2), dout)  # (n, h, L, d)
+            dprobs = torch.matmul(dout, v.float().transpose(-1, -2)).mul_(keep).mul_(1 / (1 - p))  # (n, h, L, L)
+            del keep
+            # softmax backward: ds = probs * (dprobs - sum(dprobs * probs))
+            dprobs.sub_((dprobs * probs).sum(-1, keepdim=True))
+            ds = probs.mul_(dprobs).mul_(scale)  # (n, h, L, L); zero at masked keys
+            del dprobs
+            dq = torch.matmul(ds, k.float())  # (n, h, L, d)
+            dk = torch.matmul(ds.transpose(-1, -2), q.float())  # (n, h, L, d)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
 class _GeluFeedForward(torch.autograd.Function):

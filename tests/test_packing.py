@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from minisbert import BiEncoder, packing
 from minisbert.pooling import MODES
@@ -229,7 +230,8 @@ def test_bf16_autocast_gradients_close_to_padded(tiny_model_dirs):
 
 def test_dropout_noise_matches_the_padded_forward(tiny_model_dirs):
     """Same dropout places and rates: the mean squared deviation from the eval-mode embedding over many
-    draws is the same for the packed and the padded forward (a missing or extra dropout would show)."""
+    draws is the same for the packed and the padded forward (a missing or extra dropout would show).
+    The packed forward's attention dropout is `_DropoutAttention`'s own draw, the padded one SDPA's."""
     model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
     features = model.tokenize(TEXTS)
     with torch.no_grad():
@@ -239,6 +241,52 @@ def test_dropout_noise_matches_the_padded_forward(tiny_model_dirs):
         ours = torch.stack([((model(features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
         ref = torch.stack([((padded(model, features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
     assert 0.9 < float(ours / ref) < 1.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_attention_equals_autograd_with_the_same_mask(dtype):
+    """`_DropoutAttention` (probabilities recomputed in backward, dropout mask redrawn from its seed) gives
+    the output and gradients of autograd through softmax(q k^T s + mask) * keep / (1 - p) @ v."""
+    n, h, L, d, p, scale = 3, 4, 7, 8, 0.3, 0.35
+    g = torch.Generator().manual_seed(0)
+    q, k, v = [torch.randn(n, h, L, d, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+    key_mask = (torch.arange(L)[None, :] < torch.tensor([7, 5, 2])[:, None])[:, None, None, :]  # (n, 1, 1, L)
+    torch.manual_seed(5)
+    out = packing._DropoutAttention.apply(q, k, v, key_mask, p, scale)
+    grad_out = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out.to(dtype))
+    torch.manual_seed(5)
+    keep = packing._dropout_keep((n, h, L, L), p, packing._dropout_seed())  # the same draw
+    assert 0 < keep.float().mean() < 1
+    qf, kf, vf = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    scores = (qf @ kf.transpose(-1, -2) * scale).masked_fill(~key_mask, float("-inf"))
+    ref = torch.softmax(scores, -1) * keep / (1 - p) @ vf
+    ref_grads = torch.autograd.grad(ref, (qf, kf, vf), grad_out)
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=3e-2, rtol=2e-2)
+    torch.testing.assert_close(out.float(), ref, **tol)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.float(), b, **tol)
+
+
+def test_training_attention_keeps_no_probabilities(tiny_model_dirs, monkeypatch):
+    """With attention dropout, the training forward saves no (n, h, L, L) tensor for backward (SDPA's math
+    path, the reference, saves several)."""
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"]).train()
+    features = model.tokenize(TEXTS)
+    h = model.backbone.config.num_attention_heads
+    p = packing.pack([features], attention_multiple=1)
+    square = {(n, h, L, L) for n, L, *_ in p.buckets}
+
+    def saved_squares():
+        shapes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: shapes.append(tuple(t.shape)) or t, lambda t: t):
+            model(features)
+        return [s for s in shapes if s in square]
+
+    assert saved_squares() == []
+    monkeypatch.setattr(packing._DropoutAttention, "apply", lambda q, k, v, m, p, s: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=m, dropout_p=p, scale=s))
+    assert saved_squares() != []
 
 
 def test_inference_with_rows_on_the_row_grid_equals_padded(tiny):
