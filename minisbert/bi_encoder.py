@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import packing
+from .collate import trim_padding
 from .backbone import (
     Truncation, logger, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
     quiet_transformers,
@@ -213,7 +214,7 @@ class BiEncoder(nn.Module):
     def forward(self, features: dict) -> torch.Tensor:
         """Token ids + mask -> (B, D) embeddings, with grad when grad is enabled."""
         device = self.device
-        inputs = {k: features[k].to(device) for k in self._backbone_inputs if k in features}
+        inputs = trim_padding({k: features[k].to(device) for k in self._backbone_inputs if k in features})
         mask = inputs["attention_mask"]
         # Padding-free when the backbone allows it (packing.py): same result, no compute on pad tokens.
         packed = packing.hidden_states(self.backbone, [inputs])

@@ -10,6 +10,7 @@ texts (tests pin this).
     tokenize_column      texts [+ a prompt] -> TokenizedColumn, counting truncated inputs
     tokenize_pairs       two text columns -> one TokenizedColumn of pairs (cross-encoders)
     collate              TokenizedColumn + row indices -> {"input_ids" (b, L), "attention_mask" (b, L), ...}
+    trim_padding         a feature dict cut to its longest row (drops trailing all-padding columns)
 
 The model decides which keys it takes (e.g. no token_type_ids for XLM-R): `feature_keys(model)`
 asks its own `tokenize`. Shapes: b rows of a batch, L the longest row of the batch.
@@ -109,3 +110,17 @@ def collate(column: TokenizedColumn, indices) -> dict:
     features = {k: torch.from_numpy(arrays[k]) for k in column.keys}
     features["prompt_length"] = column.prompt_length
     return features
+
+
+def trim_padding(features: dict) -> dict:
+    """Drop the trailing columns where no row has a token: {"attention_mask" (b, L), ...} -> (b, L') with L'
+    the end of the longest row. Rows cut from a batch (GradCache's chunks) keep the whole batch's width,
+    and a forward would carry those pad columns through pooling and its backward. Every (b, L) tensor is
+    cut alike; real tokens and their positions (also under left padding, whose trailing columns are all
+    real) are unchanged, so the embeddings are too."""
+    mask = features["attention_mask"]
+    used = mask.any(0).nonzero()  # (L' or fewer, 1)
+    width = int(used.max()) + 1 if used.numel() else mask.shape[1]
+    if width == mask.shape[1]:
+        return features
+    return {k: v[:, :width] if isinstance(v, torch.Tensor) and v.shape == mask.shape else v for k, v in features.items()}

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from minisbert import losses, training
-from minisbert.collate import collate, tokenize_column, tokenize_pairs
+from minisbert.collate import collate, tokenize_column, tokenize_pairs, trim_padding
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,34 @@ def test_collate_left_padding_equals_model_tokenize(tiny):
         ours, ref = collate(column, [0, 2, 4]), model.tokenize([TEXTS[i] for i in (0, 2, 4)])
         assert all(torch.equal(ours[k], ref[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
         assert ours["attention_mask"][1, 0] == 0
+    finally:
+        model.tokenizer.padding_side = "right"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_trim_padding_cuts_only_all_padding_trailing_columns(tiny, side):
+    """Rows cut from a wider batch (GradCache's chunks) lose the trailing columns no row uses; the
+    embeddings of those rows are unchanged (also under left padding, where nothing is cut)."""
+    model, _ = tiny
+    model.tokenizer.padding_side = side
+    try:
+        batch = model.tokenize(TEXTS)
+        rows = {k: v[[0, 2]] if torch.is_tensor(v) and v.ndim == 2 else v for k, v in batch.items()}  # short rows
+        trimmed = trim_padding(rows)
+        width = int(rows["attention_mask"].sum(1).max())
+        expected = width if side == "right" else rows["attention_mask"].shape[1]
+        assert trimmed["attention_mask"].shape == (2, expected) and trimmed["input_ids"].shape == (2, expected)
+        assert trimmed["prompt_length"] == rows["prompt_length"]
+        if side == "right":
+            assert trimmed["attention_mask"].shape[1] < rows["attention_mask"].shape[1]
+        if side == "right":  # the same as tokenizing those rows alone
+            ref = model.tokenize([TEXTS[0], TEXTS[2]])
+            assert all(torch.equal(trimmed[k], ref[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        model.eval()
+        with torch.no_grad():  # reference: the backbone's own forward on the untrimmed rows, then the head
+            inputs = {k: rows[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            ref = model.head(model.backbone(**inputs).last_hidden_state, rows["attention_mask"])
+            torch.testing.assert_close(model(rows), ref, atol=1e-6, rtol=1e-5)
     finally:
         model.tokenizer.padding_side = "right"
 
