@@ -289,6 +289,7 @@ def cached_step(
         return loss_fn(batch_order(embeddings), labels).detach()
     embeddings, states = embed_without_graph(embed, columns, ranges)
     loss, grads = loss_and_cached_grads(batch_order(embeddings), loss_fn, labels, loss_scale)
+    del embeddings  # K x (B, D): not needed while the replay runs on top of the parameter gradients
     grads = [g if o is None else g[o.to(g.device)] for g, o in zip(grads, orders)]  # back to the reordered rows
     replay_with_cached_grads(embed, columns, ranges, states, grads)
     return loss
