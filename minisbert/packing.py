@@ -151,14 +151,14 @@ def _buckets(lengths: list[int], device, multiple: int = ATTENTION_MULTIPLE,
     """
     buckets, start, n_rows = [], 0, len(lengths)
     while start < n_rows:
-        L = lengths[start]
-        rows_cap = n_rows if max_slots is None else max(1, max_slots // (-(-L // multiple) * multiple))
+        longest = lengths[start]
+        L = -(-longest // multiple) * multiple  # the bucket's key length
+        rows_cap = n_rows if max_slots is None else max(1, max_slots // L)
         end, real = start, 0
         while end < n_rows and (end == start or (end - start < rows_cap and
-                                                 1 - (real + lengths[end] ** 2) / ((end + 1 - start) * L * L) <= ATTENTION_WASTE)):
+                                                 1 - (real + lengths[end] ** 2) / ((end + 1 - start) * longest ** 2) <= ATTENTION_WASTE)):
             real += lengths[end] ** 2
             end += 1
-        L = -(-L // multiple) * multiple
         lens = torch.tensor(lengths[start:end], device=device)
         mask = torch.arange(L, device=device)[None, :] < lens[:, None]  # (n, L)
         buckets.append((end - start, L, mask.reshape(-1).nonzero().squeeze(1), mask))
