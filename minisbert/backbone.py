@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,11 @@ def default_device(device=None) -> torch.device:
 
 @contextlib.contextmanager
 def quiet_transformers():
-    """Silence transformers' per-tensor progress bars ("Loading weights", "Writing model shards")."""
+    """Silence transformers' per-tensor progress bars ("Loading weights", "Writing model shards"); nothing
+    to silence (and nothing imported) while transformers is not loaded."""
+    if "transformers" not in sys.modules:
+        yield
+        return
     from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()
@@ -40,10 +45,10 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_backbone(folder: Path, auto_class, *, allow_pickle: bool, dtype=None, **kwargs):
-    """`auto_class.from_pretrained(folder)` with the weights checked first and errors made readable."""
-    from transformers import AutoConfig
-
+def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=None, native: bool = False, **kwargs):
+    """transformers' `auto_class` ("AutoModel", ...) `.from_pretrained(folder)` with the weights checked first
+    and errors made readable. `native`: a BERT-family encoder comes from bert.py instead (the same network
+    and parameters, without importing transformers' modeling code), where bert.load reproduces it."""
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder} has no config.json: it is not a transformers model folder")
     sharded = sorted(folder.glob("*.safetensors.index.json"))
@@ -53,10 +58,18 @@ def load_backbone(folder: Path, auto_class, *, allow_pickle: bool, dtype=None, *
     else:
         files = weight_files(folder, allow_pickle)  # refuses pickle-only folders unless allowed
         allow_pickle = allow_pickle and files[0].suffix == ".bin"
+    if native:
+        from . import bert
+
+        model = bert.load(folder)
+        if model is not None:
+            return model.to(dtype) if dtype is not None else model
+    import transformers
+
     try:
         with quiet_transformers():
-            config = AutoConfig.from_pretrained(folder, **kwargs.pop("config_kwargs", {}))
-            model = auto_class.from_pretrained(folder, config=config, use_safetensors=not allow_pickle, **kwargs)
+            config = transformers.AutoConfig.from_pretrained(folder, **kwargs.pop("config_kwargs", {}))
+            model = getattr(transformers, auto_class).from_pretrained(folder, config=config, use_safetensors=not allow_pickle, **kwargs)
     except ModelLoadError:
         raise
     except Exception as e:

@@ -110,16 +110,16 @@ class BiEncoder(nn.Module):
     @classmethod
     def from_pretrained(
         cls, name_or_path, *, pooling=None, normalize=None, max_length=None, device=None, dtype=None,
-        allow_pickle: bool = False,
+        allow_pickle: bool = False, native: bool = True,
     ) -> "BiEncoder":
         """Load an ST folder of any generation, a plain transformers checkpoint, or a hub name.
 
         A plain checkpoint becomes a new bi-encoder with `pooling` (default "mean"; "lasttoken" for
         causal LMs, as ST does) and `normalize` (default False). Arguments given here override
-        what the folder says.
+        what the folder says. A BERT-family backbone is built by minisbert.bert (the same network and
+        parameter names as transformers' BertModel, loaded without its modeling code); `native=False`
+        loads every backbone with transformers' AutoModel.
         """
-        from transformers import AutoModel
-
         folder = ckpt.resolve_model_dir(name_or_path)
         if (folder / "modules.json").exists():
             spec = ckpt.read_sentence_transformer(folder, allow_pickle)
@@ -130,7 +130,7 @@ class BiEncoder(nn.Module):
                     "dense": [], "normalize": False, "prompts": {}, "default_prompt_name": None,
                     "similarity_fn_name": "cosine", "truncate_dim": None}
         sub = spec["transformer_path"]
-        backbone = load_backbone(sub, AutoModel, allow_pickle=allow_pickle, dtype=dtype)
+        backbone = load_backbone(sub, "AutoModel", allow_pickle=allow_pickle, dtype=dtype, native=native)
         tokenizer = load_tokenizer(sub, do_lower_case=spec["do_lower_case"])
         saved_pool = spec["pooling"] or {}
         if pooling is not None:  # the user's set of modes, concatenated in ST's canonical order

@@ -251,7 +251,8 @@ def write_json(path: Path, obj, indent: int = 2, sort_keys: bool = False) -> Non
 
 
 def versions() -> dict:
-    import torch
-    import transformers
+    from importlib import metadata
 
-    return {"sentence_transformers": ST_FORMAT_VERSION, "transformers": transformers.__version__, "pytorch": torch.__version__}
+    import torch
+
+    return {"sentence_transformers": ST_FORMAT_VERSION, "transformers": metadata.version("transformers"), "pytorch": torch.__version__}

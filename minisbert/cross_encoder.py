@@ -61,7 +61,7 @@ class CrossEncoder(nn.Module):
         activation_fn: str | None = None, device=None, dtype=None, allow_pickle: bool = False,
     ) -> "CrossEncoder":
         """Load an ST cross-encoder folder of any generation, or a backbone with a new head (num_labels=1)."""
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoConfig
 
         folder = ckpt.resolve_model_dir(name_or_path)
         root = folder
@@ -77,7 +77,7 @@ class CrossEncoder(nn.Module):
         kwargs = {}
         if not is_classifier or num_labels is not None:
             kwargs["num_labels"] = num_labels or 1
-        model = load_backbone(root, AutoModelForSequenceClassification, allow_pickle=allow_pickle, dtype=dtype,
+        model = load_backbone(root, "AutoModelForSequenceClassification", allow_pickle=allow_pickle, dtype=dtype,
                               config_kwargs=kwargs)
         tokenizer = load_tokenizer(root)
         saved_len = (ckpt.read_json(root / "sentence_bert_config.json", {}) or {}).get("max_seq_length") if not is_classifier else None
