@@ -487,7 +487,9 @@ def main(cfg: TrainConfig) -> dict:
             forward.check()
             return loss
         with distributed.sync_gradients(trained, sync):
-            loss = loss_fn([embed(c) for c in columns], labels)
+            # A bi-encoder embeds all columns in one padding-free pass (BiEncoder.forward of a list).
+            outputs = [embed(c) for c in columns] if is_cross else embed(columns)
+            loss = loss_fn(outputs, labels)
             (loss * loss_scale).backward()
         return loss.detach()
 

@@ -9,7 +9,8 @@ sampler, seed 42), the same model (all-MiniLM-L6-v2, max length 128), AdamW (lr 
     st         sentence-transformers: its collator's `model.preprocess` of each column (tokenization is
                on ST's step: its trainer tokenizes in the data collator), the ST loss module, backward,
                clip, fused AdamW (transformers' default optimizer, `adamw_torch_fused`)
-    minisbert  train.py's step: `collate` of pre-tokenized columns, the model per column under autocast,
+    minisbert  train.py's step: `collate` of pre-tokenized columns, the model on the list of columns (one
+               padding-free pass over all of them) under autocast,
                `training.column_loss` (+ `losses.matryoshka`, or `gradcache.cached_step`), backward,
                clip, `training.make_optimizer`
     floor      plain transformers: AutoModel forward on pre-tokenized padded columns, mean pooling, the
@@ -60,8 +61,9 @@ def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: 
               steps: int = 8, seed: int = 0, variant: str = ""):
     """A callable step(i) -> loss on batch i of the shared batches, for `lib` in st | minisbert | floor.
 
-    variant (minisbert only, to measure ideas): "one_pass" embeds all columns in one packed pass,
-    "padded" turns padding-free execution off, "fused" uses fused AdamW.
+    variant (minisbert only, to measure ideas): "per_column" embeds each column with its own forward
+    (train.py embeds the list of columns in one packed pass), "padded" turns padding-free execution off,
+    "fused" uses fused AdamW.
     """
     import torch
 
@@ -155,11 +157,8 @@ def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: 
             if loss == "cached_mnrl":
                 value = cached_step(embed, features, loss_fn, mini_batch_size)
             else:
-                if variant == "one_pass":
-                    with autocast:
-                        outputs = packing.embed_columns(model, features)
-                else:
-                    outputs = [embed(f) for f in features]
+                # train.py: one forward of the column list (one packed pass over all columns)
+                outputs = [embed(f) for f in features] if variant == "per_column" else embed(features)
                 value = loss_fn(outputs, None)
                 value.backward()
         return _finish(model, optimizer, value)
@@ -247,7 +246,7 @@ if __name__ == "__main__":
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--variants", nargs="*", default=[], help="minisbert variants: one_pass padded fused")
+    parser.add_argument("--variants", nargs="*", default=[], help="minisbert variants: per_column padded fused")
     args = parser.parse_args()
     common.set_threads()
     common.quiet()

@@ -136,7 +136,7 @@ def run_encode(t: Table, a):
 def _train_rows(t: Table, a, dtype: str):
     bs = 32
     cases = [{"name": lib, "lib": lib, "loss": "mnrl"} for lib in ("st", "minisbert", "floor")]
-    cases += [{"name": "minisbert[one_pass]", "lib": "minisbert", "loss": "mnrl", "variant": "one_pass"},
+    cases += [{"name": "minisbert[per_column]", "lib": "minisbert", "loss": "mnrl", "variant": "per_column"},
               {"name": "minisbert[padded]", "lib": "minisbert", "loss": "mnrl", "variant": "padded"}]
     reps = a.repeats or (3 if a.quick else 8)
     r = common.worker("bench_train", "time_train", {"cases": cases, "dtype": dtype, "repeats": reps}, threads=a.threads)
@@ -149,9 +149,9 @@ def _train_rows(t: Table, a, dtype: str):
           note=f"mean loss over the timed steps ST {loss['st']:.4f} / minisbert {loss['minisbert']:.4f}")
     t.add("2 train", f"  floor: transformers AutoModel + mean pooling, {dtype}", bs / s["st"], bs / s["floor"], "samples/s",
           higher_is_better=True, st_mem=mem["st"], mini_mem=mem["floor"], note="minisbert column = the floor")
-    for v in ("one_pass", "padded"):
+    for v in ("per_column", "padded"):
         t.add("2 train", f"  minisbert variant [{v}], {dtype}", bs / s["st"], bs / s[f"minisbert[{v}]"], "samples/s",
-              higher_is_better=True, note={"one_pass": "packing.embed_columns: all columns in one packed pass",
+              higher_is_better=True, note={"per_column": "one packed forward per column (train.py before 2026-12-02)",
                                            "padded": "packing off: the backbone's own padded forward"}[v])
     return r
 

@@ -211,15 +211,23 @@ class BiEncoder(nn.Module):
         features["prompt_length"] = self.prompt_length(prompt)
         return features
 
-    def forward(self, features: dict) -> torch.Tensor:
-        """Token ids + mask -> (B, D) embeddings, with grad when grad is enabled."""
-        device = self.device
-        inputs = trim_padding({k: features[k].to(device) for k in self._backbone_inputs if k in features})
+    def forward(self, features: dict | list[dict]) -> torch.Tensor | list[torch.Tensor]:
+        """Token ids + mask -> (B, D) embeddings, with grad when grad is enabled. A list of K feature dicts
+        (the text columns of a training batch) -> K x (B_k, D), from one padding-free pass over all of
+        them where the backbone allows it (packing.embed_columns): fewer, larger matmuls than K passes."""
+        if isinstance(features, (list, tuple)):
+            return packing.embed_columns(self, list(features))
+        inputs = self.backbone_inputs(features)
         mask = inputs["attention_mask"]
         # Padding-free when the backbone allows it (packing.py): same result, no compute on pad tokens.
         packed = packing.hidden_states(self.backbone, [inputs])
         hidden = packed[0] if packed is not None else self.backbone(**inputs).last_hidden_state  # (B, L, H)
         return self.head(hidden, mask, features.get("prompt_length", 0))
+
+    def backbone_inputs(self, features: dict) -> dict:
+        """The tensors of `features` the backbone reads, on its device, without all-padding trailing columns."""
+        device = self.device
+        return trim_padding({k: features[k].to(device) for k in self._backbone_inputs if k in features})
 
     def head(self, hidden: torch.Tensor, mask: torch.Tensor, prompt_length: int = 0) -> torch.Tensor:
         """Token states (B, L, H) + mask (B, L) -> (B, D): pooling, Dense layers, normalization."""

@@ -532,9 +532,8 @@ def embed_columns(model, columns: list[dict]) -> list[Tensor]:
     Equals `[model(c) for c in columns]` (with dropout off; tests/test_packing.py); one pass over the K
     columns instead of K saves a little more than packing each column alone (fewer, larger matmuls).
     """
-    device = model.device
-    moved = [{k: v.to(device) if isinstance(v, Tensor) else v for k, v in c.items()} for c in columns]
-    hidden = hidden_states(model.backbone, moved)
+    inputs = [model.backbone_inputs(c) for c in columns]
+    hidden = hidden_states(model.backbone, inputs)
     if hidden is None:
         return [model(c) for c in columns]
-    return [model.head(h, c["attention_mask"], c.get("prompt_length", 0)) for h, c in zip(hidden, moved)]
+    return [model.head(h, x["attention_mask"], c.get("prompt_length", 0)) for h, x, c in zip(hidden, inputs, columns)]

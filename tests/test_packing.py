@@ -93,13 +93,21 @@ def test_packed_gradients_equal_padded(tiny_model_dirs, kind):
         sum((e * t).sum() for e, t in zip(embed(), targets)).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    ours = grads(lambda: packing.embed_columns(model, columns))
+    ours = grads(lambda: model(columns))  # a list of columns: one packed pass (packing.embed_columns)
     ref = grads(lambda: [padded(model, c) for c in columns])
     # The pooler head is not run by the packed path; the padded path runs it without using it.
     assert set(ours) == {n for n in ref if ".pooler." not in n}
     scale = max(g.abs().max() for g in ref.values())
     for name in ours:
         torch.testing.assert_close(ours[name], ref[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_a_list_of_columns_through_a_backbone_packing_cannot_run(tiny_model_dirs):
+    model = BiEncoder.from_pretrained(tiny_model_dirs["modernbert"]).eval()
+    columns = [model.tokenize(TEXTS), model.tokenize(TEXTS[:3])]
+    with torch.no_grad():
+        for ours, ref in zip(model(columns), [model(c) for c in columns]):
+            torch.testing.assert_close(ours, ref)
 
 
 def test_real_minilm_packed_equals_padded(minilm_path, stsb_sentences):
