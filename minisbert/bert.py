@@ -96,8 +96,13 @@ def unsupported(values: dict) -> str | None:
         return "a decoder configuration"
     if values.get("position_embedding_type", "absolute") not in ("absolute", None):
         return f"position_embedding_type {values['position_embedding_type']!r}"
-    if config.hidden_act not in ACTIVATIONS:
+    if not isinstance(config.hidden_act, str) or config.hidden_act not in ACTIVATIONS:
         return f"hidden_act {config.hidden_act!r}"
+    pad = config.pad_token_id
+    if pad is None and model_type != "bert":
+        return "no pad_token_id (RoBERTa-family positions count from it)"
+    if pad is not None and not 0 <= pad < config.vocab_size:
+        return f"pad_token_id {pad} outside the vocabulary"
     if config.hidden_size % config.num_attention_heads:
         return "hidden_size not divisible by num_attention_heads"
     if values.get("pruned_heads") or values.get("quantization_config"):

@@ -138,8 +138,11 @@ def test_unreproduced_folders_go_to_transformers(tiny_model_dirs, tmp_path):
     src = tiny_model_dirs["bert"]
     assert bert.load(tiny_model_dirs["modernbert"]) is None
     for name, change in {"act": {"hidden_act": "gelu_fast"}, "decoder": {"is_decoder": True},
-                         "relative": {"position_embedding_type": "relative_key"}}.items():
+                         "relative": {"position_embedding_type": "relative_key"}, "act_list": {"hidden_act": ["gelu"]},
+                         "pad_out_of_vocab": {"pad_token_id": 10**6}}.items():
         assert bert.load(variant(src, tmp_path / name, **change)) is None, name
+    no_pad = variant(tiny_model_dirs["xlmr"], tmp_path / "no_pad", pad_token_id=None)  # RoBERTa positions need it
+    assert bert.load(no_pad) is None
     no_vocab = variant(src, tmp_path / "no_vocab")
     config = json.loads((no_vocab / "config.json").read_text())
     del config["vocab_size"]
