@@ -35,8 +35,12 @@ TRAIN_DATA = common.DATA / "nli-triplets" / "train.jsonl"
 
 
 def _env(threads: int) -> dict:
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
-                PYTHONPATH=str(common.REPO))
+    """A user's launch: the threads capped, offline, and otherwise each library's defaults (common.py turns
+    tokenizers' thread pool off for the side-by-side workers; a launched run keeps it, as a user's does)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(common.REPO))
+    env.pop("TOKENIZERS_PARALLELISM", None)
+    return env
 
 
 def import_seconds(statement: str, threads: int = 2) -> float:
