@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import packing
+
 # model_type -> (transformers' base class, its base_model_prefix: the head models' key prefix)
 ARCHITECTURES = {
     "bert": ("BertModel", "bert"),
@@ -245,18 +247,11 @@ class BertEncoder(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
 
-    def position_ids(self, input_ids: Tensor) -> Tensor:
-        """(B, L) transformers' position ids: the column index (BERT), or padding_idx + 1 + the count of
-        non-pad ids so far (RoBERTa's create_position_ids_from_input_ids)."""
-        if self.config.model_type == "bert":
-            return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        pad = self.embeddings.padding_idx
-        real = input_ids.ne(pad).long()
-        return torch.cumsum(real, 1) * real + pad
-
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 position_ids: Tensor | None = None) -> EncoderOutput:
-        x = self.embeddings(input_ids, token_type_ids, position_ids if position_ids is not None else self.position_ids(input_ids))
+        if position_ids is None:  # transformers' numbering for this model type (packing.POSITIONS)
+            position_ids = packing.position_ids(self, input_ids)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
         # Rows without padding need no mask (SDPA then takes its unmasked kernel, as transformers does).
         key_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
         for layer in self.encoder.layer:
