@@ -213,3 +213,14 @@ def test_gradient_checkpointing_same_gradients(tiny_model_dirs):
     (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()
     for n, p in ours.named_parameters():
         torch.testing.assert_close(p.grad, plain[n], msg=n)
+
+
+def test_sharded_checkpoint(tiny_model_dirs, tmp_path):
+    theirs = reference(tiny_model_dirs["bert"])
+    theirs.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    shutil.copy(tiny_model_dirs["bert"] / "tokenizer.json", tmp_path / "sharded")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    ours = bert.load(tmp_path / "sharded")
+    state = theirs.state_dict()
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
