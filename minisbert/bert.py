@@ -254,9 +254,12 @@ class BertEncoder(nn.Module):
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         # Rows without padding need no mask (SDPA then takes its unmasked kernel, as transformers does).
         key_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if recompute:
+            from torch.utils.checkpoint import checkpoint
         for layer in self.encoder.layer:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(layer, x, key_mask, use_reentrant=False)
+            if recompute:
+                x = checkpoint(layer, x, key_mask, use_reentrant=False)
             else:
                 x = layer(x, key_mask)
         return EncoderOutput(last_hidden_state=x, pooler_output=self.pooler(x))
