@@ -33,9 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import packing
+from . import checkpoint, packing
 
-# model_type -> (transformers' base class, its base_model_prefix: the head models' key prefix)
+# model_type -> (transformers' base class, its base_model_prefix: the head models' key prefix); each is
+# also in packing.POSITIONS, which says how it numbers positions.
 ARCHITECTURES = {
     "bert": ("BertModel", "bert"),
     "roberta": ("RobertaModel", "roberta"),
@@ -101,7 +102,7 @@ def unsupported(values: dict) -> str | None:
     if not isinstance(config.hidden_act, str) or config.hidden_act not in ACTIVATIONS:
         return f"hidden_act {config.hidden_act!r}"
     pad = config.pad_token_id
-    if pad is None and model_type != "bert":
+    if pad is None and packing.POSITIONS[model_type] == "non_pad":
         return "no pad_token_id (RoBERTa-family positions count from it)"
     if pad is not None and not 0 <= pad < config.vocab_size:
         return f"pad_token_id {pad} outside the vocabulary"
@@ -128,7 +129,7 @@ class Embeddings(nn.Module):
     def __init__(self, c: EncoderConfig):
         super().__init__()
         self.word_embeddings = _embedding(c.vocab_size, c.hidden_size, c.pad_token_id)
-        roberta = c.model_type != "bert"
+        roberta = packing.POSITIONS[c.model_type] == "non_pad"  # RoBERTa's numbering, from padding_idx + 1
         # RoBERTa's position table has a padding row too (transformers' RobertaEmbeddings).
         self.position_embeddings = _embedding(c.max_position_embeddings, c.hidden_size, c.pad_token_id if roberta else None)
         self.token_type_embeddings = _embedding(c.type_vocab_size, c.hidden_size)
@@ -285,21 +286,6 @@ class BertEncoder(nn.Module):
         save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-def _checkpoint_state(folder: Path) -> dict[str, Tensor] | None:
-    """The folder's safetensors weights (one file, or shards named by the index), or None if it has none."""
-    from safetensors.torch import load_file
-
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(load_file(folder / shard))
-        return state
-    single = folder / "model.safetensors"
-    return load_file(single) if single.exists() else None
-
-
 def _rename(key: str, prefix: str) -> str:
     """A checkpoint key -> the base model's: without the head model's prefix ("bert.", "roberta."), with
     old TF-converted LayerNorm names (gamma, beta) as transformers' "legacy" renaming maps them."""
@@ -327,9 +313,9 @@ def load(folder: Path) -> BertEncoder | None:
         return None
     if not isinstance(values, dict) or unsupported(values) is not None:
         return None
-    state = _checkpoint_state(folder)
-    if state is None:
+    if not any(folder.glob("*.safetensors")):  # pickle-only folders go to transformers
         return None
+    state = checkpoint.load_state_dict(folder, allow_pickle=False)  # every safetensors file, shards too
     config = EncoderConfig(values)
     prefix = ARCHITECTURES[config.model_type][1]
     dtype = _dtype(values, state)
