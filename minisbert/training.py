@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from . import losses
+from .adamw import AdamW
 from .checkpoint import atomic_dir
 
 
@@ -152,12 +153,14 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
     return {n for n, _ in model.named_parameters() if n not in in_layernorm and not _NO_DECAY.search(n.lower())}
 
 
-def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> AdamW:
     """AdamW (betas 0.9/0.999, eps 1e-8, as ST), two groups: decayed and not; fused on CUDA and CPU.
 
     The fused kernel is one pass over the parameters instead of one per foreach op: on all-MiniLM-L6-v2
     (22M parameters, 2-core CPU) an optimizer step takes 16 ms instead of 118 ms. transformers' default
     optimizer is the same fused AdamW. Other devices (e.g. MPS) get the foreach implementation.
+    adamw.AdamW is torch.optim.AdamW's update and state_dict without torch.optim, whose first use
+    imports torch._dynamo (over a second of train.py's launch; see adamw.py).
     """
     decay = decay_parameter_names(model)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -165,8 +168,7 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
         {"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
         {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
     ]
-    fused = bool(params) and all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for _, p in params)
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
+    return AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
 
 
 # ----------------------------------------------------------------------------------------------
