@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import transformers
 from tqdm.auto import tqdm
 
 from minisbert import distributed, evaluation, gradcache, losses, training
@@ -334,7 +333,6 @@ class Task:
 
 def main(cfg: TrainConfig) -> dict:
     say = tqdm.write  # prints above the progress bar
-    transformers.utils.logging.disable_progress_bar()  # no bar per checkpoint save; ours shows the progress
 
     # ------------------------------------------------------------------ setup
     check_config(cfg)

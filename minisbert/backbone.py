@@ -82,7 +82,19 @@ def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=No
     return model.to(dtype) if dtype is not None else model
 
 
-def load_tokenizer(folder: Path, *, do_lower_case: bool = False):
+def load_tokenizer(folder: Path, *, do_lower_case: bool = False, native: bool = False):
+    """The folder's tokenizer. `native`: tokenizer.Tokenizer where it equals transformers' (a BERT
+    WordPiece tokenizer, read without importing transformers), else AutoTokenizer's."""
+    if native:
+        from . import tokenizer
+
+        tok = tokenizer.load(folder, do_lower_case=do_lower_case)
+        if tok is not None:
+            return tok
+    return load_transformers_tokenizer(folder, do_lower_case=do_lower_case)
+
+
+def load_transformers_tokenizer(folder: Path, *, do_lower_case: bool = False):
     from transformers import AutoTokenizer
 
     # transformers 5 silently builds an empty vocabulary when these are missing: refuse instead.

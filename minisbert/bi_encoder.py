@@ -26,6 +26,7 @@ from .backbone import (
 )
 from .pooling import MODES, pool
 from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
+from .tokenizer import encode
 
 DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"
 
@@ -117,8 +118,10 @@ class BiEncoder(nn.Module):
         A plain checkpoint becomes a new bi-encoder with `pooling` (default "mean"; "lasttoken" for
         causal LMs, as ST does) and `normalize` (default False). Arguments given here override
         what the folder says. A BERT-family backbone is built by minisbert.bert (the same network and
-        parameter names as transformers' BertModel, loaded without its modeling code); `native=False`
-        loads every backbone with transformers' AutoModel.
+        parameter names as transformers' BertModel, loaded without its modeling code), and a BERT
+        WordPiece tokenizer by minisbert.tokenizer (tokenizer.json read by `tokenizers`, where it equals
+        what transformers builds); `native=False` loads every backbone with transformers' AutoModel and
+        every tokenizer with AutoTokenizer.
         """
         folder = ckpt.resolve_model_dir(name_or_path)
         if (folder / "modules.json").exists():
@@ -131,7 +134,7 @@ class BiEncoder(nn.Module):
                     "similarity_fn_name": "cosine", "truncate_dim": None}
         sub = spec["transformer_path"]
         backbone = load_backbone(sub, "AutoModel", allow_pickle=allow_pickle, dtype=dtype, native=native)
-        tokenizer = load_tokenizer(sub, do_lower_case=spec["do_lower_case"])
+        tokenizer = load_tokenizer(sub, do_lower_case=spec["do_lower_case"], native=native)
         saved_pool = spec["pooling"] or {}
         if pooling is not None:  # the user's set of modes, concatenated in ST's canonical order
             pooling = [pooling] if isinstance(pooling, str) else list(pooling)
@@ -192,7 +195,7 @@ class BiEncoder(nn.Module):
         if not prompt:
             return 0
         if prompt not in self._prompt_lengths:
-            ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            ids = encode(self.tokenizer, prompt)["input_ids"]
             special = set(self.tokenizer.all_special_ids)
             self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
         return self._prompt_lengths[prompt]
@@ -201,9 +204,7 @@ class BiEncoder(nn.Module):
         """Texts -> {"input_ids" (B, L), "attention_mask" (B, L), ..., "prompt_length": int}, padded to the longest."""
         if prompt:
             texts = [prompt + t for t in texts]
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation="longest_first", max_length=self.max_length, return_tensors="pt"
-        )
+        batch = encode(self.tokenizer, list(texts), padding=True, max_length=self.max_length, return_tensors=True)
         if truncation is not None:
             truncation.max_length = self.max_length
             truncation.add(batch)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .backbone import Truncation
+from .tokenizer import encode
 
 
 @dataclass
@@ -73,7 +74,7 @@ def tokenize_column(model, texts, *, prompt: str | None = None, truncation: Trun
     """One text column of a bi-encoder's data, with the training prompt prepended (as ST's collator)."""
     if prompt:
         texts = [prompt + t for t in texts]
-    encoded = model.tokenizer(list(texts), padding=False, truncation="longest_first", max_length=model.max_length)
+    encoded = encode(model.tokenizer, list(texts), max_length=model.max_length)
     if truncation is not None:
         truncation.max_length = model.max_length
         truncation.add(encoded)
@@ -82,9 +83,7 @@ def tokenize_column(model, texts, *, prompt: str | None = None, truncation: Trun
 
 def tokenize_pairs(model, queries, documents, *, truncation: Truncation | None = None) -> TokenizedColumn:
     """(query, document) pairs for a cross-encoder: one column of joint inputs."""
-    encoded = model.tokenizer(
-        list(queries), list(documents), padding=False, truncation="longest_first", max_length=model.max_length
-    )
+    encoded = encode(model.tokenizer, list(queries), list(documents), max_length=model.max_length)
     if truncation is not None:
         truncation.max_length = model.max_length
         truncation.add(encoded)

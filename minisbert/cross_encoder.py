@@ -26,6 +26,7 @@ from .backbone import (
     quiet_transformers,
 )
 from .bi_encoder import activation_from_path
+from .tokenizer import encode
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -103,7 +104,7 @@ class CrossEncoder(nn.Module):
         """(query, document) pairs -> {"input_ids" (B, L), "attention_mask" (B, L), ...}."""
         a = [p[0] for p in pairs]
         b = [p[1] for p in pairs]
-        batch = self.tokenizer(a, b, padding=True, truncation="longest_first", max_length=self.max_length, return_tensors="pt")
+        batch = encode(self.tokenizer, a, b, padding=True, max_length=self.max_length, return_tensors=True)
         if truncation is not None:
             truncation.max_length = self.max_length
             truncation.add(batch)
