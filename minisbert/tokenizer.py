@@ -122,8 +122,10 @@ class Tokenizer:
             self._transformers = tok
         return self._transformers
 
-    def __getattr__(self, name):
-        if name.startswith("__") or name.startswith("_"):  # copy/pickle protocol and unset private fields
+    _OWN = ("_backend", "_folder", "_do_lower_case", "_transformers", "_model_max_length")
+
+    def __getattr__(self, name):  # only for names not found on the object itself
+        if name.startswith("__") or name in self._OWN:  # copy/pickle protocol; fields not yet restored
             raise AttributeError(name)
         return getattr(self.transformers, name)
 
