@@ -7,7 +7,6 @@ ST's InformationRetrievalEvaluator against minisbert's RetrievalEvaluator, both 
 call (encoding queries and corpus, scoring, top-k, metrics); nDCG@10 of both is reported so equal work
 can be checked. minisbert bf16 = the same evaluator call under CPU bf16 autocast.
 `--corpus_limit N` keeps the relevant documents plus the first others up to N (for smoke runs).
-`floor_retrieval` is the fp32 matmul floor of the same work on this CPU (see its docstring).
 """
 
 from __future__ import annotations
@@ -77,51 +76,6 @@ def time_retrieval(corpus_limit: int | None = None, repeats: int = 1, cases=CASE
             "checks": {f"{c}_ndcg@10": v for c, v in metrics.items()}}
 
 
-def floor_retrieval(corpus_limit: int | None = None, repeats: int = 5) -> dict:
-    """A lower bound on any fp32 implementation's time for this workload: the model's matmul FLOPs on the
-    texts as tokenized (linear layers on every real token, plus QK^T and AV per sequence), at the best fp32
-    matmul rate this CPU reaches in the same run on the layer's own shapes (MKL via F.linear and oneDNN's
-    fused linear, the faster per shape). Softmax, GELU, LayerNorm, tokenizing and scoring are left out, and
-    attention is counted at the linear layers' rate, so real time can only be longer."""
-    import time
-
-    import torch
-    import torch.nn.functional as F
-
-    from minisbert import BiEncoder
-    from minisbert.tokenizer import encode
-
-    queries, corpus, qrels = scifact(corpus_limit)
-    queries = {q: t for q, t in queries.items() if qrels.get(q)}  # the ones both evaluators encode
-    model = BiEncoder.from_pretrained(str(common.model_dir()), device="cpu")
-    cfg = model.backbone.config
-    H, inner, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    lengths = [len(ids) for texts in (list(queries.values()), list(corpus.values()))
-               for ids in encode(model.tokenizer, texts, max_length=model.max_length)["input_ids"]]
-    tokens = sum(lengths)
-    linear = 2 * tokens * layers * (3 * H * H + H * H + 2 * H * inner)  # QKV, output, FFN up + down
-    attention = 2 * 2 * layers * H * sum(n * n for n in lengths)  # QK^T and AV, every head together
-    rows, shapes = 4096, [(H, 3 * H), (H, H), (H, inner), (inner, H)]
-    best = []
-    with torch.inference_mode():
-        for k, n in shapes:
-            x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
-            candidates = [lambda: F.linear(x, w, b)]
-            if hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available():
-                candidates.append(lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""))
-            times = []
-            for fn in candidates:
-                fn()
-                for _ in range(repeats):
-                    t = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - t)
-            best.append(min(times))
-    rate = 2 * rows * sum(k * n for k, n in shapes) / sum(best)  # FLOP/s over one layer's four matmuls
-    return {"tokens": tokens, "texts": len(lengths), "linear_gflop": linear / 1e9, "attention_gflop": attention / 1e9,
-            "rate_gflops": rate / 1e9, "floor_seconds": (linear + attention) / rate}
-
-
 def mem_retrieval(case: str, corpus_limit: int | None = None) -> dict:
     run = _case(case, corpus_limit)
     # No warm-up run (it would double a long workload): the peak is measured on the first call, after
@@ -141,6 +95,3 @@ if __name__ == "__main__":
     base = r["seconds"]["st_fp32"]
     for c, s in r["seconds"].items():
         print(f"{c:16s} {s:8.1f} s  {base / s:5.2f}x ST fp32   nDCG@10 {r['checks'][c + '_ndcg@10']:.4f}")
-    f = floor_retrieval(args.corpus_limit)
-    print(f"fp32 floor       {f['floor_seconds']:8.1f} s  {base / f['floor_seconds']:5.2f}x ST fp32   "
-          f"({f['tokens']} tokens, {f['linear_gflop'] + f['attention_gflop']:.0f} GFLOP at {f['rate_gflops']:.0f} GFLOP/s)")

@@ -278,11 +278,6 @@ def run_retrieval(t: Table, a):
         t.add("6 retrieval", f"{what}, {label}", s["st_fp32"], s[case], "s", st_mem=mem["st_fp32"], mini_mem=mem[case],
               target=">= 1.5x, memory <= ST", ok=lambda r, c=case: r >= 1.5 and mem[c] <= mem["st_fp32"],
               note=f"nDCG@10 ST {ck['st_fp32_ndcg@10']:.4f} / minisbert {ck[case + '_ndcg@10']:.4f}")
-    f = common.worker("bench_retrieval", "floor_retrieval", {"corpus_limit": limit}, threads=a.threads)
-    t.add("6 retrieval", "  fp32 floor: matmul FLOPs at this CPU's best fp32 matmul rate", s["st_fp32"], f["floor_seconds"],
-          "s", note=f"the most any fp32 implementation can reach; {f['tokens']} tokens of {f['texts']} texts, "
-          f"{f['linear_gflop']:.0f} GFLOP linear + {f['attention_gflop']:.0f} attention at {f['rate_gflops']:.0f} GFLOP/s")
-    r["floor"] = f
     return r
 
 

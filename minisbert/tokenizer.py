@@ -41,25 +41,29 @@ class Encoded(dict):
 
 
 class Tokenizer:
-    """The fast encoding path of a BERT tokenizer; see the module docstring for what it covers."""
+    """The fast encoding path of a BERT tokenizer; see the module docstring for what it covers.
+
+    The settings the encoding path reads (pad token and id, padding and truncation side, model_max_length,
+    the special ids) are answered from tokenizer_config.json until the transformers tokenizer is loaded,
+    and from it afterwards, so a change made through it (a new pad token, say) is what minisbert uses.
+    Of them, model_max_length, padding_side and truncation_side can be set before it is loaded (and are
+    handed to it then); setting anything else loads it and sets it there.
+    """
 
     is_fast = True
     model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    SETTABLE = ("model_max_length", "padding_side", "truncation_side")
+    _OWN = ("_backend", "_folder", "_do_lower_case", "_transformers", "_native")
 
-    def __init__(self, backend, config: dict, folder: Path, do_lower_case: bool = False):
-        self._backend = backend  # tokenizers.Tokenizer
-        self._folder = folder
-        self._do_lower_case = do_lower_case
-        self._transformers = None  # the transformers tokenizer, once anything beyond `encode` was asked for
-        tokens = {k: config.get(k, BERT_DEFAULTS[k]) for k in NAMED_SPECIAL}
-        self.name_or_path = str(folder)
-        self.pad_token = tokens["pad_token"]
-        self.pad_token_id = backend.token_to_id(tokens["pad_token"])
-        self.pad_token_type_id = 0
-        self.padding_side = config.get("padding_side") or "right"
-        self.truncation_side = config.get("truncation_side") or "right"
-        self.all_special_ids = [backend.token_to_id(tokens[k]) for k in NAMED_SPECIAL]
-        self._model_max_length = int(config.get("model_max_length", VERY_LARGE_INTEGER))
+    def __init__(self, backend, settings: dict, folder: Path, do_lower_case: bool = False):
+        """`settings`: what transformers' tokenizer of `folder` would answer for the names in it (`load`)."""
+        self.__dict__.update({
+            "_backend": backend,  # tokenizers.Tokenizer
+            "_folder": folder,
+            "_do_lower_case": do_lower_case,
+            "_transformers": None,  # the transformers tokenizer, once anything beyond `encode` was asked for
+            "_native": dict(settings),
+        })
 
     # ------------------------------------------------------------------ encoding
 
@@ -74,14 +78,14 @@ class Tokenizer:
         batch = [texts] if single else list(texts)
         if pairs is not None:
             batch = list(zip(batch, [pairs] if single else list(pairs)))
-        backend = self._backend
+        backend, native = self._backend, self._native
         if max_length is None:
             backend.no_truncation()
         else:
-            backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=self.truncation_side)
+            backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=native["truncation_side"])
         if padding:
-            backend.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id, pad_type_id=0,
-                                   pad_token=self.pad_token)
+            backend.enable_padding(direction=native["padding_side"], pad_id=native["pad_token_id"],
+                                   pad_type_id=native["pad_token_type_id"], pad_token=native["pad_token"])
         else:
             backend.no_padding()
         encodings = backend.encode_batch(batch, add_special_tokens=add_special_tokens)
@@ -102,35 +106,32 @@ class Tokenizer:
     # ------------------------------------------------------------------ everything else: transformers
 
     @property
-    def model_max_length(self) -> int:
-        return self._transformers.model_max_length if self._transformers is not None else self._model_max_length
-
-    @model_max_length.setter
-    def model_max_length(self, value: int) -> None:
-        self._model_max_length = value
-        if self._transformers is not None:
-            self._transformers.model_max_length = value
-
-    @property
     def transformers(self):
         """The transformers tokenizer of this folder (AutoTokenizer), loaded on first use."""
         if self._transformers is None:
             from .backbone import load_transformers_tokenizer
 
             tok = load_transformers_tokenizer(self._folder, do_lower_case=self._do_lower_case)
-            tok.model_max_length = self._model_max_length
-            self._transformers = tok
+            for name in self.SETTABLE:
+                setattr(tok, name, self._native[name])
+            self.__dict__["_transformers"] = tok
         return self._transformers
 
-    _OWN = ("_backend", "_folder", "_do_lower_case", "_transformers", "_model_max_length")
-
-    def __getattr__(self, name):  # only for names not found on the object itself
+    def __getattr__(self, name):  # only for names not found on the object or its class
         if name.startswith("__") or name in self._OWN:  # copy/pickle protocol; fields not yet restored
             raise AttributeError(name)
+        if self._transformers is None and name in self._native:
+            return self._native[name]
         return getattr(self.transformers, name)
 
+    def __setattr__(self, name, value):
+        if self._transformers is None and name in self.SETTABLE:
+            self._native[name] = value
+        else:
+            setattr(self.transformers, name, value)
+
     def __repr__(self) -> str:
-        return f"minisbert.Tokenizer({self.name_or_path!r}, BERT WordPiece, transformers loaded: {self._transformers is not None})"
+        return f"minisbert.Tokenizer({str(self._folder)!r}, BERT WordPiece, transformers loaded: {self._transformers is not None})"
 
 
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when the config has none
@@ -170,8 +171,6 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
     tokens = {k: config.get(k, BERT_DEFAULTS[k]) for k in NAMED_SPECIAL}
     if not all(isinstance(t, str) for t in tokens.values()):
         return None  # AddedToken dicts with their own flags
-    if config.get("padding_side", "right") not in ("right", "left") or config.get("truncation_side", "right") not in ("right", "left"):
-        return None
     if not isinstance(saved, dict) or saved != {**saved, **_expected_parts(config, tokens, saved)}:
         return None
     vocab = saved["model"]["vocab"]
@@ -183,7 +182,21 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
     backend = Backend.from_str(text)
     if do_lower_case:  # ST's legacy do_lower_case, as backbone.load_transformers_tokenizer applies it
         backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), backend.normalizer])
-    return Tokenizer(backend, config, folder, do_lower_case)
+    # transformers: the config's setting, else tokenizer.json's padding / truncation section, else its default
+    padding, truncation = saved.get("padding") or {}, saved.get("truncation") or {}
+    settings = {
+        "name_or_path": str(folder),
+        "pad_token": tokens["pad_token"],
+        "pad_token_id": vocab[tokens["pad_token"]],
+        "pad_token_type_id": padding.get("pad_type_id", 0),
+        "padding_side": config.get("padding_side") or str(padding.get("direction", "right")).lower(),
+        "truncation_side": config.get("truncation_side") or str(truncation.get("direction", "right")).lower(),
+        "model_max_length": int(config.get("model_max_length", VERY_LARGE_INTEGER)),
+        "all_special_ids": [vocab[tokens[k]] for k in NAMED_SPECIAL],
+    }
+    if settings["padding_side"] not in ("right", "left") or settings["truncation_side"] not in ("right", "left"):
+        return None
+    return Tokenizer(backend, settings, folder, do_lower_case)
 
 
 def _expected_parts(config: dict, tokens: dict, saved: dict) -> dict:

@@ -97,6 +97,16 @@ def test_config_listing_its_added_tokens_as_transformers_4_saves_them(tmp_path):
     _compare(folder)
 
 
+def test_sides_missing_from_the_config_come_from_tokenizer_json_as_in_transformers(tmp_path):
+    folder = _saved_bert(tmp_path)
+    _edit(folder, "tokenizer.json", lambda d: d.update(
+        padding={"strategy": "BatchLongest", "direction": "Left", "pad_to_multiple_of": None, "pad_id": 0,
+                 "pad_type_id": 0, "pad_token": "[PAD]"},
+        truncation={"direction": "Left", "max_length": 128, "strategy": "LongestFirst", "stride": 0}))
+    ours, theirs = _compare(folder)
+    assert (ours.padding_side, ours.truncation_side) == (theirs.padding_side, theirs.truncation_side) == ("left", "left")
+
+
 def test_tokenizer_json_that_disagrees_with_the_config_is_refused(tmp_path):
     """transformers 5 rebuilds a BertTokenizer from the config: a tokenizer.json that says otherwise must not
     be used as saved (here it would change the ids), so load() gives None and AutoTokenizer decides."""
@@ -151,6 +161,25 @@ def test_everything_beyond_encoding_is_transformers_and_then_wins(tmp_path):
     ours.add_tokens(["zzqqxx"])  # a change made through transformers ...
     reference.add_tokens(["zzqqxx"])
     assert tokenizer.encode(ours, ["a zzqqxx b"])["input_ids"] == reference(["a zzqqxx b"])["input_ids"]  # ... is seen
+    ours.add_special_tokens({"pad_token": "[MASK]"})  # the settings collate reads follow it too
+    ours.padding_side = "left"
+    assert (ours.pad_token_id, ours.padding_side) == (ours.transformers.pad_token_id, "left") == (103, "left")
+    padded = tokenizer.encode(ours, ["a", "a b c"], padding=True)["input_ids"]
+    assert padded[0][:2] == [103, 103]
+
+
+def test_settings_before_transformers_is_loaded_are_handed_to_it(tmp_path):
+    ours = tokenizer.load(_saved_bert(tmp_path))
+    ours.padding_side, ours.truncation_side, ours.model_max_length = "left", "left", 21
+    texts = ["one two three four five six seven", "eight"]
+    before = tokenizer.encode(ours, texts, max_length=5, padding=True)
+    assert ours._transformers is None
+    tail = tokenizer.encode(ours, "five six seven", add_special_tokens=False)["input_ids"]
+    assert before["input_ids"][1][0] == ours.pad_token_id and before["input_ids"][0][1:4] == tail  # left pad, left cut
+    ours.transformers  # noqa: B018  load it
+    assert (ours.transformers.padding_side, ours.transformers.truncation_side, ours.transformers.model_max_length) == (
+        "left", "left", 21)
+    assert tokenizer.encode(ours, texts, max_length=5, padding=True) == before
 
 
 def test_saved_tokenizer_files_equal_the_transformers_path(minilm_path, tmp_path):
