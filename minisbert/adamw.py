@@ -62,7 +62,7 @@ class AdamW:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
             for same in by_kind.values():
                 state = [self.state[p] for p in same]
-                tensors = ([p for p in same], [p.grad for p in same], [s["exp_avg"] for s in state],
+                tensors = (same, [p.grad for p in same], [s["exp_avg"] for s in state],
                            [s["exp_avg_sq"] for s in state], [s["step"] for s in state])
                 (_fused if group["fused"] else _foreach)(*tensors, group)
 
@@ -105,12 +105,11 @@ class AdamW:
         if any(a != b for a, b in sizes):
             raise ValueError(f"optimizer state's groups hold {[a for a, _ in sizes]} parameters, this optimizer's "
                              f"{[b for _, b in sizes]}: it was saved for another model")
-        by_index = {i: p for s, g in zip(saved, self.param_groups) for i, p in zip(s["params"], g["params"])}
         groups = [{**s, "params": g["params"]} for s, g in zip(saved, self.param_groups)]
+        by_index = {i: (p, g) for s, g in zip(saved, groups) for i, p in zip(s["params"], g["params"])}  # -> (param, group)
         self.state = {}
         for i, values in state_dict["state"].items():
-            p = by_index[int(i)]
-            group = next(g for g in groups if any(q is p for q in g["params"]))
+            p, group = by_index[int(i)]
             self.state[p] = {k: _placed(k, v, p, group) for k, v in values.items()}
         self.param_groups = groups
 

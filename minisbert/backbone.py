@@ -113,12 +113,9 @@ def load_transformers_tokenizer(folder: Path, *, do_lower_case: bool = False):
     if not getattr(tok, "is_fast", False):
         raise ModelLoadError(f"{folder}: minisbert needs a fast (tokenizers) tokenizer; found {type(tok).__name__}")
     if do_lower_case:
-        # ST's legacy do_lower_case prepends a Lowercase normalizer (st/base/modules/transformer.py:886-904).
-        from tokenizers import normalizers
+        from .tokenizer import prepend_lowercase
 
-        backend = tok.backend_tokenizer
-        current = backend.normalizer
-        backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
+        prepend_lowercase(tok.backend_tokenizer)
     return tok
 
 

@@ -11,9 +11,9 @@ transformers 5 rebuilds a BertTokenizer from the vocabulary and tokenizer_config
 every part of tokenizer.json (model, normalizer, pre-tokenizer, post-processor, special tokens) equals
 what that rebuild makes from the config. Then both generations of transformers tokenize as this does.
 
-The encoding path (`encode`, which also takes a transformers tokenizer) covers what minisbert asks of a tokenizer: texts or (a, b) pairs, optional
-truncation to max_length (longest_first) and padding to the longest, lists or (B, L) int64 tensors,
-and the Rust encodings (for truncation counts). Any other attribute (`decode`, `save_pretrained`,
+The encoding path (`encode`, which also takes a transformers tokenizer) covers what minisbert asks of a
+tokenizer: texts or (a, b) pairs, optional truncation to max_length (longest_first) and padding to the
+longest, lists or (B, L) int64 tensors, and the Rust encodings (for truncation counts). Any other attribute (`decode`, `save_pretrained`,
 `add_tokens`, `vocab`, ...) loads the transformers tokenizer of the same folder once, and from then on
 every call, `encode` included, goes to it, so changes made through it are never bypassed.
 """
@@ -24,9 +24,9 @@ import json
 from pathlib import Path
 
 BERT_CLASSES = ("BertTokenizer", "BertTokenizerFast")
-NAMED_SPECIAL = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 BERT_DEFAULTS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                 "mask_token": "[MASK]"}
+                 "mask_token": "[MASK]"}  # BertTokenizer's named special tokens and their defaults
+NAMED_SPECIAL = tuple(BERT_DEFAULTS)
 # Settings that change what transformers' tokenizer does in ways this class does not reproduce.
 UNSUPPORTED_SETTINGS = ("split_special_tokens", "additional_special_tokens", "extra_special_tokens", "add_bos_token",
                         "add_eos_token", "bos_token", "eos_token")
@@ -171,17 +171,21 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
     tokens = {k: config.get(k, BERT_DEFAULTS[k]) for k in NAMED_SPECIAL}
     if not all(isinstance(t, str) for t in tokens.values()):
         return None  # AddedToken dicts with their own flags
-    if not isinstance(saved, dict) or saved != {**saved, **_expected_parts(config, tokens, saved)}:
+    model = saved.get("model") if isinstance(saved, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    if not isinstance(vocab, dict):
         return None
-    vocab = saved["model"]["vocab"]
+    expected = _expected_parts(config, tokens, vocab)
+    if {k: v for k, v in model.items() if k != "vocab"} != expected.pop("model") or any(
+            saved.get(k) != v for k, v in expected.items()):
+        return None
     if any(t not in vocab for t in tokens.values()) or not _added_tokens_match(config, tokens, vocab, saved.get("added_tokens")):
         return None
     from tokenizers import Tokenizer as Backend
-    from tokenizers import normalizers
 
     backend = Backend.from_str(text)
-    if do_lower_case:  # ST's legacy do_lower_case, as backbone.load_transformers_tokenizer applies it
-        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), backend.normalizer])
+    if do_lower_case:
+        prepend_lowercase(backend)
     # transformers: the config's setting, else tokenizer.json's padding / truncation section, else its default
     padding, truncation = saved.get("padding") or {}, saved.get("truncation") or {}
     settings = {
@@ -199,16 +203,25 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
     return Tokenizer(backend, settings, folder, do_lower_case)
 
 
-def _expected_parts(config: dict, tokens: dict, saved: dict) -> dict:
-    """tokenizer.json's sections as transformers 5's BertTokenizer builds them from `config`."""
-    vocab = (saved.get("model") or {}).get("vocab") or {}
+def prepend_lowercase(backend) -> None:
+    """ST's legacy do_lower_case: a Lowercase normalizer before the tokenizer's own
+    (st/base/modules/transformer.py:886-904), on a tokenizers.Tokenizer of either kind of tokenizer."""
+    from tokenizers import normalizers
+
+    current = backend.normalizer
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase()] + ([current] if current else []))
+
+
+def _expected_parts(config: dict, tokens: dict, vocab: dict) -> dict:
+    """tokenizer.json's sections as transformers 5's BertTokenizer builds them from `config` (its model
+    section without the vocabulary, which is the file's own)."""
     ids = {k: vocab.get(tokens[k]) for k in ("cls_token", "sep_token")}
     cls, sep = tokens["cls_token"], tokens["sep_token"]
     special = lambda token, type_id: {"SpecialToken": {"id": token, "type_id": type_id}}  # noqa: E731
     sequence = lambda name, type_id: {"Sequence": {"id": name, "type_id": type_id}}  # noqa: E731
     return {
         "model": {"type": "WordPiece", "unk_token": tokens["unk_token"], "continuing_subword_prefix": "##",
-                  "max_input_chars_per_word": 100, "vocab": vocab},
+                  "max_input_chars_per_word": 100},
         "normalizer": {"type": "BertNormalizer", "clean_text": True,
                        "handle_chinese_chars": config.get("tokenize_chinese_chars", True),
                        "strip_accents": config.get("strip_accents"), "lowercase": config.get("do_lower_case", True)},
