@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from . import checkpoint as ckpt
 from . import packing
 from .collate import trim_padding
 from .backbone import (
-    Truncation, logger, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
+    Truncation, logger, check_texts, default_device, distinct_by_length, load_backbone, load_tokenizer, max_length_for, progress,
     quiet_transformers,
 )
 from .pooling import MODES, pool
@@ -277,13 +276,13 @@ class BiEncoder(nn.Module):
         prompt = self.resolve_prompt(prompt, prompt_name)
         was_training = self.training
         self.eval()
-        order = length_order(texts)
-        truncation = Truncation()
+        distinct, index = distinct_by_length(texts)  # each distinct text once, longest first
+        truncation = Truncation(rows=[])
         chunks = []
-        starts = range(0, len(texts), batch_size)
+        starts = range(0, len(distinct), batch_size)
         with packing.reusing_weights():  # inference weight copies made once for all batches
             for start in progress(starts, len(starts), show_progress_bar, "encode"):
-                features = self.tokenize([texts[i] for i in order[start:start + batch_size]], prompt, truncation)
+                features = self.tokenize(distinct[start:start + batch_size], prompt, truncation)
                 emb = self.forward(features)  # (b, D)
                 if truncate_dim is not None:
                     emb = emb[:, :truncate_dim]
@@ -291,9 +290,10 @@ class BiEncoder(nn.Module):
                     emb = F.normalize(emb, p=2, dim=-1)
                 chunks.append(emb.float())
         self.train(was_training)
+        truncation.count_inputs(index)
         truncation.report("encode")
         self.last_truncation = truncation
-        out = torch.cat(chunks)[torch.as_tensor(np.argsort(order))]  # back to input order, (N, D)
+        out = torch.cat(chunks)[torch.as_tensor(index)]  # back to input order, (N, D)
         out = out[0] if single else out
         return out.clone() if convert_to_tensor else out.cpu().numpy()
 

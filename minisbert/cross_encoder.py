@@ -15,14 +15,13 @@ import inspect
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import packing
 from .backbone import (
-    Truncation, check_texts, default_device, length_order, load_backbone, load_tokenizer, max_length_for, progress,
+    Truncation, check_texts, default_device, distinct_by_length, load_backbone, load_tokenizer, max_length_for, progress,
     quiet_transformers,
 )
 from .bi_encoder import activation_from_path
@@ -138,21 +137,22 @@ class CrossEncoder(nn.Module):
         act = activation_fn if activation_fn is not None else self.activation
         was_training = self.training
         self.eval()
-        order = length_order(pairs)
-        truncation = Truncation()
+        distinct, index = distinct_by_length(pairs)  # each distinct pair once, longest first
+        truncation = Truncation(rows=[])
         out = []
-        starts = range(0, len(pairs), batch_size)
+        starts = range(0, len(distinct), batch_size)
         with packing.reusing_weights():  # inference weight copies made once for all batches
             for start in progress(starts, len(starts), show_progress_bar, "predict"):
-                logits = self.forward(self.tokenize([pairs[i] for i in order[start:start + batch_size]], truncation))
+                logits = self.forward(self.tokenize(distinct[start:start + batch_size], truncation))
                 scores = act(logits.float())  # (b, C)
                 if apply_softmax and scores.shape[1] > 1:
                     scores = torch.softmax(scores, dim=1)
                 out.append(scores)
         self.train(was_training)
+        truncation.count_inputs(index)
         truncation.report("predict")
         self.last_truncation = truncation
-        scores = torch.cat(out)[torch.as_tensor(np.argsort(order))]  # (N, C) in input order
+        scores = torch.cat(out)[torch.as_tensor(index)]  # (N, C) in input order
         if self.num_labels == 1:
             scores = scores[:, 0]
         if single:

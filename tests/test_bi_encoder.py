@@ -83,6 +83,31 @@ def test_truncation_is_reported_once_per_call(minilm, caplog):
     assert messages == ["encode: 2 of 3 inputs were longer than max_length=256 tokens and were truncated to it"]
 
 
+def test_repeated_texts_are_encoded_once_and_returned_in_place(minilm, monkeypatch, caplog):
+    texts = ["a cat", "word " * 600, "a cat", "", "a dog", "word " * 600, "", "a cat"]
+    one_by_one = np.stack([minilm.encode([t])[0] for t in texts])  # the naive reference: no repeats in a call
+    rows = []
+    tokenize = minilm.tokenize
+    monkeypatch.setattr(minilm, "tokenize", lambda batch, *a, **k: rows.extend(batch) or tokenize(batch, *a, **k))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="minisbert"):
+        out = minilm.encode(texts, batch_size=2)
+    assert np.abs(out - one_by_one).max() <= 1e-5
+    assert sorted(rows) == sorted(set(texts))  # each distinct text tokenized (and run) once
+    assert [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()] == [
+        "encode: 2 of 8 inputs were longer than max_length=256 tokens and were truncated to it"]  # counted per input
+    assert (minilm.last_truncation.count, minilm.last_truncation.total) == (2, 8)
+
+
+def test_distinct_by_length_orders_and_indexes_by_hand():
+    from minisbert.backbone import distinct_by_length
+
+    items, index = distinct_by_length(["bb", "a", "ccc", "a", "bb", ("x", "yy"), ["x", "yy"]])
+    # Longest first by characters (a pair counts both texts), ties in order of first appearance.
+    assert items == ["ccc", ("x", "yy"), "bb", "a"]
+    assert index == [2, 3, 0, 3, 2, 1, 1]
+
+
 def test_bf16_encode_is_close_to_fp32(minilm_path, minilm, stsb_sentences):
     bf16 = BiEncoder.from_pretrained(minilm_path, device="cpu", dtype=torch.bfloat16)
     a, b = bf16.encode(stsb_sentences[:64]), minilm.encode(stsb_sentences[:64])

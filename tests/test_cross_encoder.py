@@ -68,6 +68,19 @@ def test_single_pair_scalar_and_shapes(tiny_classifier_dirs):
     assert np.ndim(single) == 0 and abs(float(single) - batch[0]) <= 1e-6
 
 
+def test_repeated_pairs_are_scored_once_and_returned_in_place(tiny_classifier_dirs, monkeypatch):
+    ours = CrossEncoder.from_pretrained(tiny_classifier_dirs["bert"])
+    pairs = [PAIRS[1], PAIRS[0], list(PAIRS[1]), PAIRS[3], PAIRS[0], PAIRS[1]]
+    one_by_one = np.array([ours.predict([p])[0] for p in pairs])  # the naive reference: no repeats in a call
+    rows = []
+    tokenize = ours.tokenize
+    monkeypatch.setattr(ours, "tokenize", lambda batch, *a, **k: rows.extend(batch) or tokenize(batch, *a, **k))
+    scores = ours.predict(pairs, batch_size=2)
+    assert np.abs(scores - one_by_one).max() <= 1e-6
+    assert sorted(rows) == sorted({PAIRS[0], PAIRS[1], PAIRS[3]})  # each distinct pair scored once
+    assert ours.last_truncation.total == len(pairs)
+
+
 def test_new_head_from_a_bi_encoder_folder(tiny_model_dirs, tmp_path):
     BiEncoder.from_pretrained(tiny_model_dirs["bert"]).save_pretrained(tmp_path / "bi")
     torch.manual_seed(0)
