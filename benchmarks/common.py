@@ -67,12 +67,13 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def stsb_sentences(n: int = 5000) -> list[str]:
-    """The first n sentences of STS-B train (sentence1, sentence2 of each row in turn)."""
+def stsb_sentences(n: int = 5000, distinct: bool = False) -> list[str]:
+    """The first n sentences of STS-B train (sentence1, sentence2 of each row in turn), repeats kept
+    (the first 5,000 hold 4,273 distinct), or with `distinct` the first n distinct ones."""
     out = []
     for r in read_jsonl(DATA / "stsb" / "train.jsonl"):
         out += [r["sentence1"], r["sentence2"]]
-    return out[:n]
+    return (list(dict.fromkeys(out)) if distinct else out)[:n]
 
 
 def nli_triplets() -> dict[str, list[str]]:
