@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import packing
 from .checkpoint import ModelLoadError, check_safetensors, weight_files
 
 logger = logging.getLogger("minisbert")
@@ -200,6 +201,29 @@ def distinct_by_length(items) -> tuple[list, list[int]]:
     for position, j in enumerate(order):
         rank[j] = position
     return [distinct[j] for j in order], [rank[j] for j in of_input]
+
+
+def in_batches(model, items: list, batch_size: int, run, what: str, show_progress_bar: bool | None) -> torch.Tensor:
+    """Inference over `items` (texts or pairs): `run(batch, truncation) -> (b, ...)` on each batch of the
+    distinct items, longest first (see `distinct_by_length`), in eval mode, with each linear's inference
+    weights made once for the call (`packing.reusing_weights`) -> the rows in input order, (N, ...).
+    Truncation is counted per input, reported once, and kept as `model.last_truncation`."""
+    distinct, index = distinct_by_length(items)
+    truncation = Truncation(rows=[])
+    out = []
+    starts = range(0, len(distinct), batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with packing.reusing_weights():
+            for start in progress(starts, len(starts), show_progress_bar, what):
+                out.append(run(distinct[start:start + batch_size], truncation))
+    finally:
+        model.train(was_training)
+    truncation.count_inputs(index)
+    truncation.report(what)
+    model.last_truncation = truncation
+    return torch.cat(out)[torch.as_tensor(index)]
 
 
 def progress(iterable, total: int, show: bool | None, desc: str):

@@ -20,7 +20,7 @@ from . import checkpoint as ckpt
 from . import packing
 from .collate import trim_padding
 from .backbone import (
-    Truncation, logger, check_texts, default_device, distinct_by_length, load_backbone, load_tokenizer, max_length_for, progress,
+    Truncation, logger, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
     quiet_transformers,
 )
 from .pooling import MODES, pool
@@ -258,7 +258,8 @@ class BiEncoder(nn.Module):
     ):
         """Texts -> float32 numpy (N, D) (or a tensor); a single string gives (D,).
 
-        Batches are sorted by length and results returned in input order. `truncate_dim` keeps the
+        Each distinct text is encoded once, in length-sorted batches, and results are returned in input
+        order (repeats included). `truncate_dim` keeps the
         first d dimensions; `normalize_embeddings=None` re-normalizes after truncation exactly when
         the model itself normalizes, so truncated outputs of a normalized model stay unit vectors.
         """
@@ -274,26 +275,16 @@ class BiEncoder(nn.Module):
         if normalize_embeddings is None:
             normalize_embeddings = self.normalize and truncate_dim is not None and truncate_dim < self.embedding_dim
         prompt = self.resolve_prompt(prompt, prompt_name)
-        was_training = self.training
-        self.eval()
-        distinct, index = distinct_by_length(texts)  # each distinct text once, longest first
-        truncation = Truncation(rows=[])
-        chunks = []
-        starts = range(0, len(distinct), batch_size)
-        with packing.reusing_weights():  # inference weight copies made once for all batches
-            for start in progress(starts, len(starts), show_progress_bar, "encode"):
-                features = self.tokenize(distinct[start:start + batch_size], prompt, truncation)
-                emb = self.forward(features)  # (b, D)
-                if truncate_dim is not None:
-                    emb = emb[:, :truncate_dim]
-                if normalize_embeddings:
-                    emb = F.normalize(emb, p=2, dim=-1)
-                chunks.append(emb.float())
-        self.train(was_training)
-        truncation.count_inputs(index)
-        truncation.report("encode")
-        self.last_truncation = truncation
-        out = torch.cat(chunks)[torch.as_tensor(index)]  # back to input order, (N, D)
+
+        def run(batch, truncation):
+            emb = self.forward(self.tokenize(batch, prompt, truncation))  # (b, D)
+            if truncate_dim is not None:
+                emb = emb[:, :truncate_dim]
+            if normalize_embeddings:
+                emb = F.normalize(emb, p=2, dim=-1)
+            return emb.float()
+
+        out = in_batches(self, texts, batch_size, run, "encode", show_progress_bar)  # (N, D)
         out = out[0] if single else out
         return out.clone() if convert_to_tensor else out.cpu().numpy()
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from . import packing
 from .backbone import (
-    Truncation, check_texts, default_device, distinct_by_length, load_backbone, load_tokenizer, max_length_for, progress,
+    Truncation, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
     quiet_transformers,
 )
 from .bi_encoder import activation_from_path
@@ -124,8 +124,8 @@ class CrossEncoder(nn.Module):
     ):
         """Pairs -> scores with the activation applied: (N,) for one label, (N, C) otherwise.
 
-        A single pair (a tuple of two strings) gives a scalar. Pairs are scored in length-sorted
-        batches and returned in input order; scores are float32.
+        A single pair (a tuple of two strings) gives a scalar. Each distinct pair is scored once, in
+        length-sorted batches, and scores (float32) are returned in input order.
         """
         single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
         pairs = check_texts([pairs] if single else pairs, "pairs")
@@ -135,24 +135,12 @@ class CrossEncoder(nn.Module):
             if not isinstance(p, (tuple, list)) or len(p) != 2:
                 raise TypeError(f"pairs[{i}] must be a (query, document) pair of strings, got {p!r:.60}")
         act = activation_fn if activation_fn is not None else self.activation
-        was_training = self.training
-        self.eval()
-        distinct, index = distinct_by_length(pairs)  # each distinct pair once, longest first
-        truncation = Truncation(rows=[])
-        out = []
-        starts = range(0, len(distinct), batch_size)
-        with packing.reusing_weights():  # inference weight copies made once for all batches
-            for start in progress(starts, len(starts), show_progress_bar, "predict"):
-                logits = self.forward(self.tokenize(distinct[start:start + batch_size], truncation))
-                scores = act(logits.float())  # (b, C)
-                if apply_softmax and scores.shape[1] > 1:
-                    scores = torch.softmax(scores, dim=1)
-                out.append(scores)
-        self.train(was_training)
-        truncation.count_inputs(index)
-        truncation.report("predict")
-        self.last_truncation = truncation
-        scores = torch.cat(out)[torch.as_tensor(index)]  # (N, C) in input order
+
+        def run(batch, truncation):
+            scores = act(self.forward(self.tokenize(batch, truncation)).float())  # (b, C)
+            return torch.softmax(scores, dim=1) if apply_softmax and scores.shape[1] > 1 else scores
+
+        scores = in_batches(self, pairs, batch_size, run, "predict", show_progress_bar)  # (N, C)
         if self.num_labels == 1:
             scores = scores[:, 0]
         if single:
