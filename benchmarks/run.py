@@ -11,7 +11,8 @@ for both libraries. Times: both libraries in one worker process, runs alternated
 warmed-up baseline. Ratio = how many times faster minisbert is (ST time / minisbert time), or for memory
 minisbert / ST. Workloads (names for --workload):
 
-    encode      5,000 STS-B sentences, batch 64, fp32 (outputs vs ST) and bf16 (cosine vs fp32)
+    encode      5,000 STS-B sentences, batch 64, fp32 (outputs vs ST) and bf16 (cosine vs fp32); fp32 on
+                5,000 distinct ones (minisbert encodes repeats once)
     train       MNRL on NLI triplets, batch 32, max length 128, fp32 and bf16, + the transformers floor
     matryoshka  Matryoshka(MNRL) dims 384/256/128/64, and its overhead over MNRL
     cached      cached MNRL (mini-batch 32) at 256 and 1024 vs ST's CachedMNRL and uncached at 256;
