@@ -99,6 +99,20 @@ def test_repeated_texts_are_encoded_once_and_returned_in_place(minilm, monkeypat
     assert (minilm.last_truncation.count, minilm.last_truncation.total) == (2, 8)
 
 
+def test_a_failing_batch_leaves_the_training_mode_as_it_was(minilm, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("batch failed")
+
+    monkeypatch.setattr(minilm, "tokenize", broken)
+    minilm.train()
+    try:
+        with pytest.raises(RuntimeError, match="batch failed"):
+            minilm.encode(["a", "b"])
+        assert minilm.training
+    finally:
+        minilm.eval()
+
+
 def test_distinct_by_length_orders_and_indexes_by_hand():
     from minisbert.backbone import distinct_by_length
 
