@@ -403,10 +403,23 @@ def _as_list(x) -> list:
     return [x] if isinstance(x, str) else list(x)
 
 
-def _rerank_scores(at_k: int, relevance: list[int], scores, tie_order: str) -> tuple[float, float, float]:
-    """(mrr@k, ndcg@k, map) for one query, as ST's rerankers compute them (sklearn for ndcg and AP)."""
+def _rerank_scores(at_k: int, relevance: list[int], scores, tie_order: str,
+                   positives: int = 0) -> tuple[float, float, float]:
+    """(mrr@k, ndcg@k, map) for one query's candidates, as ST's rerankers compute them (sklearn for ndcg
+    and AP). `positives`: how many positives the query has, counting those missing from the candidates
+    (a first stage that did not retrieve them). As in ST 6.3, they count in the ideal ranking of ndcg and
+    in the recall of AP, so a query whose candidates miss a positive scores below 1 even when ranked
+    perfectly (ST 6.2 left them out of the reranked metrics and appended them to the base ranking)."""
+    retrieved = sum(relevance)
+    if retrieved == 0:
+        return 0.0, 0.0, 0.0
+    total = max(positives, retrieved)
     mrr = M.reciprocal_rank(relevance, scores, at_k, tie_order=tie_order)
-    return mrr, M.ndcg(relevance, scores, at_k), M.average_precision(relevance, scores)
+    ndcg, ap = M.ndcg(relevance, scores, at_k), M.average_precision(relevance, scores)
+    if total > retrieved:  # sklearn's ideal holds the retrieved positives only: rescale to all of them
+        ideal = lambda n: float((1.0 / np.log2(np.arange(min(n, at_k)) + 2)).sum())  # noqa: E731
+        ndcg, ap = ndcg * ideal(retrieved) / ideal(total), ap * retrieved / total
+    return mrr, ndcg, ap
 
 
 class RerankingEvaluator(Evaluator):
@@ -462,9 +475,10 @@ class CrossEncoderRerankingEvaluator(Evaluator):
 
     A sample is {"query", "positive": str | list, "negative": list}, or {"query", "positive",
     "documents": list} for a first-stage ranking to rerank. With "documents", the metrics of the given
-    order are reported as well (`base_*`, missing positives appended at the end), and
-    `always_rerank_positives=True` adds the positives the first stage missed to the candidates.
-    A sample whose candidates hold no positive scores 0.
+    order are reported as well (`base_*`), and `always_rerank_positives=True` adds the positives the
+    first stage missed to the candidates; with False, those positives still count as relevant documents
+    ranked nowhere, so neither metric can reach 1 (ST 6.3; see `_rerank_scores`). A sample whose
+    candidates hold no positive scores 0.
     """
 
     def __init__(self, samples: list[dict], *, at_k: int = 10, always_rerank_positives: bool = True, name: str = "",
@@ -483,19 +497,16 @@ class CrossEncoderRerankingEvaluator(Evaluator):
     def from_file(cls, path, split: str = "test", **kwargs) -> "CrossEncoderRerankingEvaluator":
         return cls(read_rerank_samples(split_file(path, split)), **kwargs)
 
-    def candidates(self) -> tuple[list, list[list[int] | None], list[tuple[float, float, float]]]:
-        """All (query, doc) pairs, each sample's relevance list (None when nothing to rank), base metrics."""
+    def candidates(self) -> tuple[list, list[tuple[list[int], int] | None], list[tuple[float, float, float]]]:
+        """All (query, doc) pairs, each sample's (relevance list, number of positives) (None when its
+        candidates hold no positive), base metrics."""
         pairs, relevance, base = [], [], []
         for s in self.samples:
             positive = _as_list(s["positive"])
             if "documents" in s:
                 documents = _as_list(s["documents"])
                 in_order = [int(d in positive) for d in documents]
-                if sum(in_order) == 0:
-                    base.append((0.0, 0.0, 0.0))
-                else:  # missing positives go to the end of the first-stage ranking (ST :183-200)
-                    in_order += [1] * (len(positive) - sum(in_order))
-                    base.append(_rerank_scores(self.at_k, in_order, np.arange(len(in_order), 0, -1), "numpy"))
+                base.append(_rerank_scores(self.at_k, in_order, np.arange(len(in_order), 0, -1), "numpy", len(positive)))
                 if self.always_rerank_positives:
                     docs = positive + [d for d in documents if d not in positive]
                     rel = [1] * len(positive) + [0] * (len(docs) - len(positive))
@@ -508,7 +519,7 @@ class CrossEncoderRerankingEvaluator(Evaluator):
             if sum(rel) == 0:
                 relevance.append(None)
                 continue
-            relevance.append(rel)
+            relevance.append((rel, len(positive)))
             pairs.extend([s["query"], d] for d in docs)
         return pairs, relevance, base
 
@@ -516,11 +527,12 @@ class CrossEncoderRerankingEvaluator(Evaluator):
         pairs, relevance, base = self.candidates()
         scores = np.asarray(model.predict(pairs, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar)).reshape(-1) if pairs else np.empty(0)
         per_query, start = [], 0
-        for rel in relevance:
-            if rel is None:
+        for entry in relevance:
+            if entry is None:
                 per_query.append((0.0, 0.0, 0.0))
                 continue
-            per_query.append(_rerank_scores(self.at_k, rel, scores[start:start + len(rel)], "numpy"))  # ST: np.argsort
+            rel, positives = entry
+            per_query.append(_rerank_scores(self.at_k, rel, scores[start:start + len(rel)], "numpy", positives))  # ST: np.argsort
             start += len(rel)
         out = {"map": _mean([r[2] for r in per_query]), f"mrr@{self.at_k}": _mean([r[0] for r in per_query]),
                f"ndcg@{self.at_k}": _mean([r[1] for r in per_query])}

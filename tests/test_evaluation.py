@@ -245,10 +245,30 @@ def test_bi_encoder_reranking_equals_st(integer):
     assert_same_metrics(ours, ev.RerankingEvaluator(samples, at_k=5, name="rr", write_csv=False)(model), atol=1e-12)
 
 
+def test_cross_encoder_reranking_counts_positives_the_first_stage_missed():
+    """Hand-computed: positives p1, p2; the first stage returned n1, p1, n2 (p2 missed). A reranker that
+    puts p1 first still misses p2, so ndcg@10 = 1 / (1 + 1/log2 3) and map = AP over the candidates (1)
+    times the recall 1/2; the base order has p1 second: ndcg 1/log2 3 / (1 + 1/log2 3), map 1/2 * 1/2."""
+    scores = {"n1": 0.2, "p1": 0.9, "n2": 0.1, "p2": 0.5}
+    model = SimpleNamespace(predict=lambda pairs, **kw: np.array([scores[d] for _, d in pairs], dtype=np.float32))
+    sample = {"query": "q", "positive": ["p1", "p2"], "documents": ["n1", "p1", "n2"]}
+    ideal = 1 + 1 / np.log2(3)
+    out = E.CrossEncoderRerankingEvaluator([sample], always_rerank_positives=False).compute(model)
+    assert out["mrr@10"] == pytest.approx(1.0)
+    assert out["ndcg@10"] == pytest.approx(1 / ideal)
+    assert out["map"] == pytest.approx(0.5)
+    assert out["base_mrr@10"] == pytest.approx(0.5)
+    assert out["base_ndcg@10"] == pytest.approx(1 / np.log2(3) / ideal)
+    assert out["base_map"] == pytest.approx(0.25)
+    # Reranking the missed positive too (the default): p1, p2 on top, a perfect 1.
+    out = E.CrossEncoderRerankingEvaluator([sample]).compute(model)
+    assert out["ndcg@10"] == pytest.approx(1.0) and out["map"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("always", [True, False])
 @pytest.mark.parametrize("levels", [None, 2])
 def test_cross_encoder_reranking_equals_st_in_both_sample_layouts(always, levels):
-    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("sentence_transformers", minversion="6.3")  # 6.3 counts missed positives
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator as STCE
 
     samples = _rerank_samples(seed=1)
@@ -586,7 +606,7 @@ def tiny_cross_encoder(minilm_path, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_real_cross_encoder_trecqa_reranking_equals_st(tiny_cross_encoder, data_dir, tmp_path):
-    st = pytest.importorskip("sentence_transformers")
+    st = pytest.importorskip("sentence_transformers", minversion="6.3")  # 6.3 counts missed positives
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator as STCE
 
     test = data_dir / "trecqa-rerank" / "test.jsonl"

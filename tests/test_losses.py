@@ -163,6 +163,9 @@ class ColumnModel(torch.nn.Module):
     def get_embedding_dimension(self):
         return self.columns[0].shape[1]
 
+    def _get_untruncated_embedding_dimension(self):  # ST >= 6.3's MatryoshkaLoss checks dims against it
+        return self.get_embedding_dimension()
+
     def __getitem__(self, i):  # ST's StaticEmbedding check looks at model[0]
         return torch.nn.Identity()
 
