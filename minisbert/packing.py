@@ -29,7 +29,8 @@ optimizer, saving and loading are unchanged) and is used only for architectures 
 reproduces exactly: `supports(backbone)` says which. Other backbones go through their own forward.
 
 Kernel choices, each measured (benchmarks/README.md): inference runs oneDNN's linear with the bias
-and GELU fused in (`_linear`) on row tiles of at most INFERENCE_TILE tokens; training's feed-forward
+and GELU fused in (`_linear`) on row tiles of at most INFERENCE_TILE tokens; float32 training runs its
+linears' matmuls, forward and backward, through oneDNN too (`_Linear`, `_mm`); training's feed-forward
 recomputes GELU in backward instead of keeping its (T, 4H) output (`_GeluFeedForward`), and attention
 with dropout on CPU recomputes its (n, h, L, L) probabilities in backward (`_DropoutAttention`).
 
@@ -233,18 +234,62 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype |
     """x W^T + b (then exact GELU when `gelu`), (T, in) -> (T, out).
 
     dtype given: oneDNN's linear with the bias (and GELU) fused in, computing in `dtype` (inputs cast to it,
-    as autocast would; `weight`, `bias` may come from `_prepared`). On this CPU it beats F.linear (MKL sgemm,
-    then a bias pass and a GELU pass) by 25-50% per layer in float32 and ~25% in bf16 under autocast. It
-    has no autograd formula, so it serves inference only. Results agree with F.linear to float rounding
-    (~1e-6 in float32).
+    as autocast would; `weight`, `bias` may come from `_prepared`). It beats F.linear (MKL sgemm, then a
+    bias pass and a GELU pass) by 25-50% per layer in float32 and ~25% in bf16 under autocast on the Intel
+    Xeon this was first measured on, and by 2.2x in float32 on an AMD EPYC (see `_mm`). It has no autograd
+    formula of its own: dtype None (training) takes `_Linear` in float32 on CPU, F.linear elsewhere.
+    Results agree with F.linear to float rounding (~1e-6 in float32).
     """
     if dtype is not None:
         x = x.to(dtype)
         if not weight.is_mkldnn:
             weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
-    y = F.linear(x, weight, bias)
+    y = _Linear.apply(x, weight, bias) if _onednn_float32(x) else F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
+
+
+def _onednn_float32(x: Tensor) -> bool:
+    """True where float32 matmuls of training go through oneDNN (`_mm`): on CPU, in float32, outside autocast."""
+    return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a b (+ bias), (m, k) x (k, n) -> (m, n), outside autograd.
+
+    In float32 on CPU outside autocast this is oneDNN's linear on b^T (copied to rows when b is not a
+    transposed row-major matrix). torch.mm and F.linear take MKL's sgemm there, which on AVX-512 AMD CPUs
+    runs its AVX2 code: 210 GFLOP/s against oneDNN's 470 at (1024, 384) x (384, 1536) on a 2-core EPYC
+    (Zen 5), the same to float rounding, and a float32 MNRL training step (batch 32) took 0.54 s against
+    0.83 s (alternated, medians of 8). The cost: oneDNN keeps a compiled kernel per matmul shape (its
+    primitive cache, at most 1024), and packed token counts vary by batch, so a training process holds
+    ~100-200 MiB more than with MKL once the cache is full (max RSS over 40 steps 1299 MiB against 1079;
+    ST's process 2894). Elsewhere (autocast, other dtypes and devices) it is torch.mm / F.linear under the
+    caller's autocast state, as autograd would run them.
+    """
+    if _onednn_float32(a) and b.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.t().contiguous(), bias, "none", [], "")
+    return F.linear(a, b.t(), bias) if bias is not None else a.mm(b)
+
+
+class _Linear(torch.autograd.Function):
+    """x W^T + b, (T, in) -> (T, out), with every matmul of both directions through `_mm`: for float32
+    training on CPU, where autograd's F.linear takes MKL (see `_mm`). Gradients equal F.linear's to float
+    rounding (tests/test_packing.py)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.bias = bias is not None
+        return _mm(x, weight.t(), bias)  # (T, out)
+
+    @staticmethod
+    def backward(ctx, dy):  # dy (T, out)
+        x, weight = ctx.saved_tensors
+        dx = _mm(dy, weight) if ctx.needs_input_grad[0] else None  # (T, in)
+        dw = _mm(dy.t(), x) if ctx.needs_input_grad[1] else None  # (out, in)
+        db = dy.sum(0) if ctx.bias and ctx.needs_input_grad[2] else None  # (out,)
+        return dx, dw, db
 
 
 # The inference copies of the weights while `reusing_weights()` is active: {(dtype, parameter ids): (W, b)}.
@@ -408,8 +453,8 @@ class _GeluFeedForward(torch.autograd.Function):
     def forward(ctx, x, w1, b1, w2, b2):
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        u = F.linear(x, w1, b1)  # (T, I)
-        y = F.linear(F.gelu(u), w2, b2)  # (T, H)
+        u = _mm(x, w1.t(), b1)  # (T, I)
+        y = _mm(F.gelu(u), w2.t(), b2)  # (T, H)
         ctx.save_for_backward(x, w1, w2, u)
         return y
 
@@ -419,11 +464,11 @@ class _GeluFeedForward(torch.autograd.Function):
         device, enabled, dtype = ctx.autocast
         with torch.autocast(device, dtype=dtype, enabled=enabled):
             h = F.gelu(u)  # (T, I), recomputed
-            dw2 = dy.t().mm(h.to(dy.dtype))  # (H, I)
-            dh = dy.mm(w2.to(dy.dtype))  # (T, I)
+            dw2 = _mm(dy.t(), h.to(dy.dtype))  # (H, I)
+            dh = _mm(dy, w2.to(dy.dtype))  # (T, I)
             du = torch.ops.aten.gelu_backward(dh.to(u.dtype), u)  # (T, I)
-            dw1 = du.t().mm(x.to(du.dtype))  # (I, H)
-            dx = du.mm(w1.to(du.dtype))  # (T, H)
+            dw1 = _mm(du.t(), x.to(du.dtype))  # (I, H)
+            dx = _mm(du, w1.to(du.dtype))  # (T, H)
         return dx, dw1, du.sum(0), dw2, dy.sum(0)
 
 

@@ -414,3 +414,40 @@ def test_reused_inference_weights_equal_per_batch_copies(tiny, dtype):
     finally:
         with torch.no_grad():
             model.backbone.encoder.layer[0].output.dense.weight.div_(1.5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_float32_training_linear_equals_autograd(bias):
+    """`_Linear` (oneDNN in both directions) gives F.linear's output and gradients, for a non-contiguous
+    input too; its matmuls `_mm` equal torch.mm for every layout backward hands them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 37, generator=g).t().requires_grad_()  # (37, 24), a transposed view
+    w = torch.randn(16, 24, generator=g).requires_grad_()
+    b = torch.randn(16, generator=g).requires_grad_() if bias else None
+    dy = torch.randn(37, 16, generator=g)
+    out = packing._Linear.apply(x, w, b)
+    grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], dy)
+    ref = F.linear(x, w, b)
+    ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], dy)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    for a, m in [(dy, w), (dy.t(), x.detach()), (x.detach(), w.detach().t())]:
+        torch.testing.assert_close(packing._mm(a, m), a.mm(m), atol=1e-5, rtol=1e-5)
+
+
+def test_training_matmuls_take_onednn_in_float32_only(tiny_model_dirs, monkeypatch):
+    """A float32 training step runs its linears through oneDNN (`_mm`); under bf16 autocast they stay on
+    autocast's F.linear (bf16 matmuls), as before."""
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[0].dtype) or real(*a))
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"]).train()
+    features = model.tokenize(TEXTS)
+    model(features).sum().backward()
+    assert calls and set(calls) == {torch.float32}
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(features)
+    out.float().sum().backward()
+    assert calls == []
