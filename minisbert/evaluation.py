@@ -413,13 +413,9 @@ def _rerank_scores(at_k: int, relevance: list[int], scores, tie_order: str,
     retrieved = sum(relevance)
     if retrieved == 0:
         return 0.0, 0.0, 0.0
-    total = max(positives, retrieved)
+    missing = max(positives - retrieved, 0)
     mrr = M.reciprocal_rank(relevance, scores, at_k, tie_order=tie_order)
-    ndcg, ap = M.ndcg(relevance, scores, at_k), M.average_precision(relevance, scores)
-    if total > retrieved:  # sklearn's ideal holds the retrieved positives only: rescale to all of them
-        ideal = lambda n: float((1.0 / np.log2(np.arange(min(n, at_k)) + 2)).sum())  # noqa: E731
-        ndcg, ap = ndcg * ideal(retrieved) / ideal(total), ap * retrieved / total
-    return mrr, ndcg, ap
+    return mrr, M.ndcg(relevance, scores, at_k, missing), M.average_precision(relevance, scores, missing)
 
 
 class RerankingEvaluator(Evaluator):

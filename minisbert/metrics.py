@@ -178,15 +178,17 @@ def reciprocal_rank(relevance, scores, k: int, tie_order: str = "pessimistic") -
     return 0.0
 
 
-def average_precision(relevance, scores) -> float:
+def average_precision(relevance, scores, missing: int = 0) -> float:
     """sklearn.metrics.average_precision_score for one query: sum_t (R_t - R_{t-1}) P_t.
 
     Thresholds t are the distinct scores, from high to low; P_t and R_t are the precision and recall
-    of "score >= t", so tied candidates enter together. Returns 0.0 when nothing is relevant
-    (sklearn warns and returns a meaningless value there; ST never asks).
+    of "score >= t", so tied candidates enter together. `missing` relevant documents that are not among
+    the candidates (a first stage did not retrieve them) count in the recall, never reached: AP times
+    retrieved / (retrieved + missing), as ST 6.3's reranker computes it. Returns 0.0 when nothing is
+    relevant (sklearn warns and returns a meaningless value there; ST never asks).
     """
     relevance, scores = _as_1d(relevance) > 0, _as_1d(scores)
-    total = int(relevance.sum())
+    total = int(relevance.sum()) + missing
     if total == 0:
         return 0.0
     order = scores.argsort(descending=True, stable=True)
@@ -200,18 +202,27 @@ def average_precision(relevance, scores) -> float:
     return float((recall_step * precision).sum())
 
 
-def ndcg(relevance, scores, k: int | None = None) -> float:
+def _discount(n: int, k: int | None) -> torch.Tensor:
+    """(n,) 1 / log2(rank + 1) of ranks 1..n, 0 past rank k."""
+    discount = 1.0 / torch.log2(torch.arange(n, dtype=torch.float64) + 2)
+    if k is not None:
+        discount[k:] = 0
+    return discount
+
+
+def ndcg(relevance, scores, k: int | None = None, missing: int = 0) -> float:
     """sklearn.metrics.ndcg_score([relevance], [scores], k=k) for one query.
 
     Candidates with equal scores share the average of their gains (McSherry & Najork 2008), which
-    equals the mean NDCG over all orderings of the ties. 0.0 when nothing is relevant.
+    equals the mean NDCG over all orderings of the ties. `missing` relevant documents (gain 1) that are
+    not among the candidates join the ideal ranking only, as ST 6.3's reranker counts them. 0.0 when
+    nothing is relevant.
     """
     relevance, scores = _as_1d(relevance), _as_1d(scores)
     n = len(scores)
-    discount = 1.0 / torch.log2(torch.arange(n, dtype=torch.float64) + 2)  # (n,)
-    if k is not None:
-        discount[k:] = 0
-    ideal = (relevance.sort(descending=True).values * discount).sum()
+    discount = _discount(n, k)  # (n,)
+    ideal_gains = torch.cat([relevance, torch.ones(missing, dtype=torch.float64)]).sort(descending=True).values
+    ideal = (ideal_gains * _discount(n + missing, k)).sum()
     if ideal == 0:
         return 0.0
     unique, inverse, counts = torch.unique(-scores, return_inverse=True, return_counts=True)  # groups by score, best first

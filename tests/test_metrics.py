@@ -160,6 +160,10 @@ def test_average_precision_and_ndcg_by_hand():
     assert M.average_precision([1, 0, 1], [0.2, 0.2, 0.2]) == pytest.approx(2 / 3)
     # ndcg with a tie between ranks 1 and 2: gains averaged -> 0.5 * (1 + 1/log2 3) over ideal 1
     assert M.ndcg([1, 0, 0], [0.5, 0.5, 0.1]) == pytest.approx(0.5 * (1 + 1 / math.log2(3)))
+    # One relevant document the candidates miss: it only joins the recall (AP) and the ideal ranking (ndcg).
+    assert M.average_precision([1, 0, 1], [0.9, 0.5, 0.1], missing=1) == pytest.approx((1 + 2 / 3) / 3)
+    assert M.ndcg([1, 0, 0], [0.9, 0.5, 0.1], missing=1) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert M.ndcg([0, 1], [0.9, 0.1], k=1, missing=1) == 0.0
     assert M.ndcg([0, 0, 0], [0.3, 0.2, 0.1]) == 0.0
 
 
