@@ -268,7 +268,7 @@ def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     caller's autocast state, as autograd would run them.
     """
     if _onednn_float32(a) and b.dtype == torch.float32:
-        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.t().contiguous(), bias, "none", [], "")
+        return _linear(a.contiguous(), b.t().contiguous(), bias, torch.float32)
     return F.linear(a, b.t(), bias) if bias is not None else a.mm(b)
 
 
