@@ -8,8 +8,12 @@ negative_1, ...), and a column named `label`, `labels`, `score` or `scores` (the
 in that order, as ST's collator) is the label. Without `columns=`, the text columns are the
 string-valued columns in file order, except the label: for jsonl/parquet a column whose value in
 the first row is a string; for csv/tsv (where every cell is a string) a column that is not
-numeric in every row. Pass `columns=[...]` to select and order them, e.g. to leave out the
-`source` field of the nli-triplets files; extra columns are then ignored.
+numeric in every row. Of those, a column with few distinct values (at most 100, and at most 1% of
+the rows: a source, language or category field such as the `source` of the nli-triplets files,
+not text) is left out when at least two text columns remain, and listed in `TextDataset.left_out`;
+one text column would turn a pair into SimCSE, so then nothing is left out (train.py's batch
+check catches it instead). Pass `columns=[...]` to select and order them; extra columns are then
+ignored and nothing is left out.
 
 Validation happens at load, before training: bad input raises ONE `DataError` naming the file,
 the line (1-based, as an editor shows it; "row" for parquet and in-memory data) and the column:
@@ -30,10 +34,13 @@ import io
 import json
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")  # ST's DEFAULT_LABEL_COLUMNS, same order
+# An inferred string column with at most this many distinct values, and at most this share of the
+# rows, is a source/language/category field rather than text (real text columns repeat far less).
+FEW_VALUES_MAX, FEW_VALUES_SHARE = 100, 0.01
 _SAMPLER_NAMES = ("NoDuplicatesBatchSampler", "ShuffledBatchSampler", "MultiDatasetSchedule", "SCHEDULES")
 
 __all__ = ["DataError", "TextDataset", "load_dataset", "from_columns", "resolve_prompt", "mine_hard_negatives",
@@ -54,12 +61,18 @@ def __getattr__(name):  # re-export the samplers lazily: sampler.py imports this
 
 @dataclass
 class TextDataset:
-    """Text columns in role order (anchor, positive, negative_1, ...) plus optional float labels."""
+    """Text columns in role order (anchor, positive, negative_1, ...) plus optional float labels.
+
+    label_column: the column the labels came from (None: no labels). left_out: {column: distinct
+    values} of string columns not taken as text because they have few distinct values.
+    """
 
     name: str
     columns: dict[str, list[str]]
     labels: list[float] | None
     source: str
+    label_column: str | None = None
+    left_out: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         lengths = {len(texts) for texts in self.columns.values()}
@@ -205,6 +218,7 @@ def _build(records, header, unit, source, name, columns, label_column, label_map
     available = header if header is not None else list(first)
     at_header = f"{source}, line 1 (header)" if unit == "line" else source
     label = _pick_label(available, label_column, columns, at_header if header is not None else None)
+    left_out = {}
     if columns is None:
         if typed:  # jsonl / parquet / memory: value types tell which columns are text
             text_columns = [c for c in available if c != label and isinstance(first.get(c), str)]
@@ -212,6 +226,11 @@ def _build(records, header, unit, source, name, columns, label_column, label_map
             text_columns = [c for c in available if c != label and not all(_is_number(r[c]) for _, r in records)]
         if not text_columns:
             raise DataError(f"{source}: no text columns found among {available}; pass columns=[...]")
+        left_out = _few_values(records, text_columns)
+        if len(text_columns) - len(left_out) >= 2:
+            text_columns = [c for c in text_columns if c not in left_out]
+        else:
+            left_out = {}
     else:
         text_columns = _check_columns(columns, label, source)
         if header is not None:
@@ -235,7 +254,24 @@ def _build(records, header, unit, source, name, columns, label_column, label_map
                 raise DataError(f"{where}, column {label!r}: missing (this row has {list(record)})")
             labels.append(_parse_label(record[label], f"{where}, column {label!r}", label_map))
     _check_not_all_empty(texts, source)
-    return TextDataset(name=name, columns=texts, labels=labels, source=source)
+    return TextDataset(name=name, columns=texts, labels=labels, source=source, label_column=label, left_out=left_out)
+
+
+def _few_values(records, candidates) -> dict[str, int]:
+    """{column: distinct values} of the candidate columns with few distinct values (FEW_VALUES_*)."""
+    limit = min(FEW_VALUES_MAX, FEW_VALUES_SHARE * len(records))
+    found = {}
+    for c in candidates:
+        values = set()
+        for _, record in records:
+            value = record.get(c)
+            if isinstance(value, str):  # other values are errors, raised later only if the column is kept
+                values.add(value)
+                if len(values) > limit:
+                    break
+        else:
+            found[c] = len(values)
+    return found
 
 
 def from_columns(columns: dict[str, list], labels=None, name="data", source="<memory>") -> TextDataset:

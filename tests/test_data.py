@@ -140,7 +140,8 @@ def test_parquet_without_pyarrow_is_a_clear_error(tmp_path):
 @pytest.mark.skipif(not DATA.exists(), reason="shared data not present")
 def test_shared_data_files():
     triplets = load_dataset(DATA / "nli-triplets" / "train.jsonl")
-    assert triplets.column_names == ["anchor", "positive", "negative", "source"]  # documented trap
+    assert triplets.column_names == ["anchor", "positive", "negative"]  # 'source' has 2 values: not text
+    assert triplets.left_out == {"source": 2}
     triplets = load_dataset(DATA / "nli-triplets" / "train.jsonl", columns=["anchor", "positive", "negative"])
     assert len(triplets) == 5452 and triplets.labels is None
     stsb = load_dataset(DATA / "stsb" / "dev.jsonl")
