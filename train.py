@@ -17,6 +17,10 @@ Choices (each also in the flag's help):
 * matryoshka wraps mnrl unless --matryoshka_inner names another embedding loss.
 * --mini_batch_size N runs the cached (GradCache) step over whatever loss was chosen, matryoshka
   included; `--loss cached_mnrl` is mnrl with the cached step (mini-batch 32, as ST's CachedMNRL).
+* Columns are said before training: each dataset's column roles and the batches its sampler really
+  makes. Inferred columns leave out a string column with few distinct values (a `source` field)
+  with a notice; no-duplicates batches that repeated texts fill less than half are an error naming
+  the column, unless --allow_small_batches.
 * SimCSE is automatic: data with ONE text column and an mnrl-type loss trains on (x, x), the two
   passes differing only in their dropout masks.
 * Training prompts are prepended to the texts before tokenization (as ST's collator does) and saved
@@ -52,10 +56,13 @@ from minisbert.backbone import Truncation
 from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
 from minisbert.cross_encoder import CrossEncoder
-from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
+from minisbert.data import (
+    DataError, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt,
+)
 from minisbert.gradcache import cached_step
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES
+from minisbert.sampler import BatchFill
 from minisbert.training import (
     CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
     NonFiniteLoss, SaveError,
@@ -82,7 +89,9 @@ class TrainConfig:
     guide_model: str | None = arg(None, "frozen guide bi-encoder for --loss gist")
     # data
     data: str | None = arg(None, "training file .jsonl/.csv/.tsv/.parquet (default: the shipped NLI triplets)")
-    columns: list[str] | None = arg(None, "text columns in role order, e.g. anchor positive negative (default: every text column)")
+    columns: list[str] | None = arg(None, "text columns in role order, e.g. anchor positive negative (default: every string column "
+                                          "but the label, leaving out any with few distinct values (at most 100, and one per 100 "
+                                          "rows), such as a source or language field, when two text columns remain)")
     label_column: str | None = arg(None, "label column (default: the first of label/labels/score/scores present)")
     label_map: dict | None = arg(None, 'JSON {class name: number} for string labels, e.g. {"entailment": 1, "contradiction": 0}')
     limit: int | None = arg(None, "read only the first N rows of each training file")
@@ -94,6 +103,8 @@ class TrainConfig:
     drop_last: bool = arg(False, "drop the last incomplete batch of each epoch")
     mask_duplicates: bool = arg(False, "in-batch losses: mask each candidate whose text equals the anchor's positive, so "
                                        "repeated texts are no false negatives even with --batch_sampler shuffled")
+    allow_small_batches: bool = arg(False, "train even when the no-duplicates sampler's batches average under half of "
+                                           "--batch_size (repeated texts leave in-batch losses few negatives)")
     prompts: str | dict | None = arg(None, 'JSON training prompts: "query: " | {column: prompt} | {dataset: {column: prompt}}')
     # loss
     loss: str = arg("mnrl", "mnrl | mnrl_symmetric | cached_mnrl | gist | matryoshka | triplet | cosent | angle | bce | listwise")
@@ -381,6 +392,17 @@ def main(cfg: TrainConfig) -> dict:
     sampler_name = cfg.batch_sampler or ("no_duplicates" if any(in_batch) else "shuffled")
     sampler_cls = NoDuplicatesBatchSampler if sampler_name == "no_duplicates" else ShuffledBatchSampler
     samplers = [sampler_cls(ds, cfg.batch_size, seed=cfg.seed, drop_last=cfg.drop_last) for ds in datasets]
+    for i, (s, ds, sampler) in enumerate(zip(specs, datasets, samplers)):  # say what each dataset trains on
+        for c, n in ds.left_out.items():
+            say(f"column {c!r} of {ds.source} left out as not text: {n} distinct value(s) in {len(ds)} rows; "
+                f"to train on it, pass {_columns_flag(cfg, i, [*ds.column_names, c])}")
+        say(f"columns ({ds.name}): {training.column_roles(base_loss(cfg, s['loss']), ds.column_names)}; "
+            f"label: {ds.label_column or 'none'}")
+        fill = BatchFill.of(sampler.batches(0), cfg.batch_size)
+        unused = f", {len(ds) - fill.rows} of {len(ds)} rows dropped (--drop_last)" if fill.rows < len(ds) else ""
+        say(f"batches ({ds.name}): {fill}{unused}")
+        if sampler_name == "no_duplicates" and in_batch[i] and fill.mean < cfg.batch_size / 2 and not cfg.allow_small_batches:
+            raise DataError(_small_batches(cfg, i, s, ds, sampler, fill))
     schedule = MultiDatasetSchedule(samplers, mode=cfg.multi_dataset_schedule, weights=cfg.dataset_weights, seed=cfg.seed)
 
     # ------------------------------------------------------------------ model
@@ -722,6 +744,25 @@ def _check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: 
         raise ConfigError(f"--resume {resume_dir}: that checkpoint continues a run of --model {model}, not {cfg.model}; "
                           "leave --model out to resume it, or start a new --output_dir for another model")
     return saved
+
+
+def _columns_flag(cfg: TrainConfig, i: int, columns: list[str]) -> str:
+    """How to choose these text columns for dataset i: the --columns flag, or its --datasets entry."""
+    return f"\"columns\": {json.dumps(columns)} in --datasets[{i}]" if cfg.datasets else f"--columns {' '.join(columns)}"
+
+
+def _small_batches(cfg: TrainConfig, i: int, spec: dict, ds, sampler, fill) -> str:
+    """The error for a no-duplicates epoch of underfilled batches: the text that forces it and the fixes."""
+    column, text, rows = sampler.most_repeated()
+    distinct = len(set(ds.columns[column]))
+    keep = [c for c in ds.column_names if c != column]
+    fixes = "pass --batch_sampler shuffled --mask_duplicates, or --allow_small_batches to train on these batches anyway"
+    if keep:
+        fixes = f"is {column!r} a text column? If not, pass {_columns_flag(cfg, i, keep)}; if it is, {fixes}"
+    return (f"{ds.source}: the no-duplicates sampler can only make batches of {fill.mean:.2f} rows on average for "
+            f"--batch_size {cfg.batch_size} ({fill.batches} batches), too few in-batch negatives for --loss {spec['loss']}: "
+            f"column {column!r} has {distinct} distinct values in {len(ds)} rows, and {text[:40]!r} alone is in {rows} rows, "
+            f"which must all go to different batches; {fixes}")
 
 
 def _nonfinite(what: str, step: int, dataset: str | None, output_dir: Path) -> str:

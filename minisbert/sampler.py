@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 
 from .data import DataError, TextDataset
 
@@ -138,6 +139,14 @@ class NoDuplicatesBatchSampler:
             self.batches(epoch)
         return self._counts[epoch]
 
+    def most_repeated(self) -> tuple[str, str, int]:
+        """(column, text, rows): the text found in the most rows and the column holding it most often.
+        A batch holds each text at most once, so an epoch has at least `rows` batches."""
+        rows_with = Counter(text for row in zip(*self.dataset.columns.values()) for text in set(row))
+        text, rows = rows_with.most_common(1)[0]
+        column = max(self.dataset.columns, key=lambda c: self.dataset.columns[c].count(text))
+        return column, text, rows
+
     def _one_pass(self, order: list[int]) -> list[list[int]]:
         row_ids, batch_size = self._row_ids, self.batch_size
         stamp = [0] * self._num_ids  # stamp[t] == b  <=>  text t is already in batch b
@@ -172,6 +181,30 @@ class NoDuplicatesBatchSampler:
             if full or not self.drop_last:
                 result.append(batch)
         return result
+
+
+@dataclass(frozen=True)
+class BatchFill:
+    """How full one epoch's batches are: what a sampler will actually give the loss."""
+
+    batches: int
+    rows: int  # rows in all batches (fewer than the data's when drop_last drops some)
+    smallest: int
+    largest: int
+    batch_size: int  # rows asked per batch
+
+    @classmethod
+    def of(cls, batches: list[list[int]], batch_size: int) -> "BatchFill":
+        sizes = [len(b) for b in batches]
+        return cls(len(sizes), sum(sizes), min(sizes), max(sizes), batch_size)
+
+    @property
+    def mean(self) -> float:
+        return self.rows / self.batches
+
+    def __str__(self) -> str:  # 2757, rows per batch mean 1.98 (min 1, max 2) of 32 asked
+        return (f"{self.batches}, rows per batch mean {self.mean:.2f} (min {self.smallest}, max {self.largest}) "
+                f"of {self.batch_size} asked")
 
 
 def _check_batch_size(dataset, batch_size) -> int:

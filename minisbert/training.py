@@ -91,6 +91,23 @@ def check_loss_data(loss: str, num_text_columns: int, has_labels: bool, where: s
         raise ConfigError(f"{where}: --loss {loss} needs {expected}; the data has {n} text column(s){label}")
 
 
+def column_roles(loss: str, columns: list[str]) -> str:
+    """What each text column is to `loss` (the base loss): "anchor -> anchor, positive -> positive, ..."."""
+    if len(columns) == 1 and loss in SIMCSE_LOSSES:
+        return f"{columns[0]} -> anchor and positive (SimCSE: two dropout masks)"
+    if loss in ("cosent", "angle"):
+        roles = [f"text {k + 1}" for k in range(len(columns))]
+    elif loss == "bce":
+        roles = ["query", "document"]
+    elif loss == "listwise":
+        roles = ["query", "positive"] + [f"negative {k}" for k in range(1, len(columns) - 1)]
+    elif loss == "triplet":
+        roles = ["anchor", "positive", "negative"]
+    else:  # in-batch losses: every other row's positive and negatives are negatives too
+        roles = ["anchor", "positive"] + [f"hard negative {k}" for k in range(1, len(columns) - 1)]
+    return ", ".join(f"{c} -> {r}" for c, r in zip(columns, roles))
+
+
 def column_loss(loss: str, *, scale: float | None = None, margin: float | None = None, distance: str = "euclidean",
                 pos_weight: float | None = None):
     """The column loss `fn(outputs, labels, guide_embeddings=None) -> scalar` for a base --loss name."""
