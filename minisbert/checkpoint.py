@@ -202,10 +202,10 @@ def json_object(path: Path, default=None) -> dict:
 
 def check_prompts(prompts, default_prompt_name, where: str, error: type = ModelLoadError) -> dict:
     """prompts must map names to strings, and default_prompt_name name one of them (ST refuses the folder
-    otherwise); returns the prompts without null values. `where` names the file or argument in errors."""
+    otherwise); returns the prompts with a null prompt as "", as ST reads it. `where` names the file or argument."""
     if not isinstance(prompts, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in prompts.items()):
         raise error(f"{where}: \"prompts\" must be an object of name -> prompt string, got {prompts!r:.80}")
-    prompts = {k: v for k, v in prompts.items() if v is not None}
+    prompts = {k: "" if v is None else v for k, v in prompts.items()}
     if default_prompt_name is not None and default_prompt_name not in prompts:
         raise error(
             f"{where}: default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}"

@@ -157,6 +157,33 @@ def test_a_model_saves_after_its_source_folder_is_deleted(minilm_path, tiny_clas
     assert np.abs(CrossEncoder.from_pretrained(tmp_path / "ce").predict(PAIRS) - scores).max() <= 1e-6
 
 
+def test_a_training_run_whose_model_folder_is_deleted_after_loading_saves_its_checkpoints_and_final(tiny_model_dirs, tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import train
+
+    src = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["bert"], src)
+
+    class DeletedAfterLoading(BiEncoder):
+        @classmethod
+        def from_pretrained(cls, name_or_path, **kwargs):
+            model = BiEncoder.from_pretrained(name_or_path, **kwargs)
+            shutil.rmtree(name_or_path)  # the --model folder is gone before the first step
+            return model
+
+    monkeypatch.setattr(train, "BiEncoder", DeletedAfterLoading)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"anchor": f"question {i}", "positive": f"answer {i}"}) + "\n" for i in range(16)))
+    train.main(train.TrainConfig(model=str(src), data=str(data), output_dir=str(tmp_path / "run"), eval_data=[], batch_size=4,
+                                 max_steps=4, save_steps=2, logging_steps=1, disable_tqdm=True))
+    assert not src.exists()
+    for folder in ("checkpoint-2", "checkpoint-4", "final"):
+        assert BiEncoder.from_pretrained(tmp_path / "run" / folder).encode(TEXTS).shape == (3, 32), folder
+
+
 # ---------------------------------------------------------------------------- 6. config.json against the weights
 
 
@@ -332,6 +359,12 @@ def test_an_invalid_default_prompt_name_is_refused_at_construction_and_at_load_a
     with pytest.raises(ModelLoadError, match=r"config_sentence_transformers.json: default_prompt_name 'search' is not one "
                                              r"of the prompts \['doc', 'query'\]"):
         BiEncoder.from_pretrained(tmp_path / "m")
+    # A null prompt is an empty one for ST, so it can be the default.
+    _edit(tmp_path / "m", "config_sentence_transformers.json", lambda c: {**c, "prompts": {"search": None}, "default_prompt_name": "search"})
+    reference = STm.SentenceTransformer(str(tmp_path / "m"), device="cpu")
+    ours = BiEncoder.from_pretrained(tmp_path / "m")
+    assert ours.prompts["search"] == reference.prompts["search"] == "" and ours.default_prompt_name == reference.default_prompt_name
+    assert np.abs(ours.encode(TEXTS) - reference.encode(TEXTS)).max() <= 1e-5
 
 
 # ---------------------------------------------------------------------------- 15. permissions and symlinks
