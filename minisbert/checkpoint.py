@@ -194,8 +194,10 @@ def read_modules(folder: Path) -> list[tuple[str, Path]]:
 
 def json_object(path: Path, default=None) -> dict:
     """A JSON file that must hold an object (or be absent: `default`)."""
-    value = read_json(path, default)
-    if value is not default and not isinstance(value, dict):
+    if not path.exists():
+        return default
+    value = read_json(path)
+    if not isinstance(value, dict):
         raise ModelLoadError(f"{path} must hold a JSON object, found {type(value).__name__} {value!r:.60}")
     return value
 
