@@ -329,13 +329,15 @@ def test_a_model_saved_in_fp16_or_fp64_with_a_dense_layer_loads_and_encodes_as_s
     model = BiEncoder(base.backbone, base.tokenizer, dense=[Dense(32, 8)], normalize=True, max_length=base.max_length)
     model.to(dtype).save_pretrained(tmp_path / "m")
     assert load_file(tmp_path / "m" / "2_Dense" / "model.safetensors")["linear.weight"].dtype == dtype
-    ours = BiEncoder.from_pretrained(tmp_path / "m")
-    assert {p.dtype for p in ours.parameters()} == {dtype}
     reference = STm.SentenceTransformer(str(tmp_path / "m"), device="cpu")
     assert {p.dtype for p in reference.parameters()} == {dtype}  # ST casts the Dense to the backbone's dtype too
-    got, expected = ours.encode(TEXTS), reference.encode(TEXTS)
-    assert got.dtype == np.float32 and got.shape == expected.shape == (3, 8)
-    assert np.abs(got - expected.astype(np.float32)).max() <= (2e-3 if dtype == torch.float16 else 1e-6)
+    expected = reference.encode(TEXTS)
+    for native in (True, False):
+        ours = BiEncoder.from_pretrained(tmp_path / "m", native=native)
+        assert {p.dtype for p in ours.parameters()} == {dtype}
+        got = ours.encode(TEXTS)
+        assert got.dtype == np.float32 and got.shape == expected.shape == (3, 8)
+        assert np.abs(got - expected.astype(np.float32)).max() <= (2e-3 if dtype == torch.float16 else 1e-6)
 
 
 # ---------------------------------------------------------------------------- 13. default_prompt_name
