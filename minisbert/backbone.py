@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import packing
-from .checkpoint import ModelLoadError, check_safetensors, weight_files
+from .checkpoint import ModelLoadError, check_safetensors, json_object, weight_files
 
 logger = logging.getLogger("minisbert")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
@@ -50,8 +50,7 @@ def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=No
     """transformers' `auto_class` ("AutoModel", ...) `.from_pretrained(folder)` with the weights checked first
     and errors made readable. `native`: a BERT-family encoder comes from bert.py instead (the same network
     and parameters, without importing transformers' modeling code), where bert.load reproduces it."""
-    if not (folder / "config.json").exists():
-        raise ModelLoadError(f"{folder} has no config.json: it is not a transformers model folder")
+    check_config(folder)
     sharded = sorted(folder.glob("*.safetensors.index.json"))
     if sharded:
         for shard in sorted(folder.glob("*.safetensors")):
@@ -70,7 +69,9 @@ def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=No
     try:
         with quiet_transformers():
             config = transformers.AutoConfig.from_pretrained(folder, **kwargs.pop("config_kwargs", {}))
-            model = getattr(transformers, auto_class).from_pretrained(folder, config=config, use_safetensors=not allow_pickle, **kwargs)
+            model, info = getattr(transformers, auto_class).from_pretrained(
+                folder, config=config, use_safetensors=not allow_pickle, output_loading_info=True, **kwargs)
+        check_loaded_weights(folder, model, info)
     except ModelLoadError:
         raise
     except Exception as e:
@@ -81,6 +82,53 @@ def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=No
             f"(check that config.json matches the weights)"
         ) from e
     return model.to(dtype) if dtype is not None else model
+
+
+# config.json sizes every transformers encoder reads as positive integers (0 divides by zero, "384" breaks later).
+CONFIG_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings")
+
+
+def check_config(folder: Path) -> dict:
+    """config.json as a dict, or one ModelLoadError naming the file and the field that cannot work."""
+    path = folder / "config.json"
+    values = json_object(path)
+    if values is None:
+        raise ModelLoadError(f"{folder} has no config.json: it is not a transformers model folder")
+    for key in CONFIG_SIZES:
+        value = values.get(key)
+        if key in values and not (type(value) is int and value > 0) and not (value is None and key == "max_position_embeddings"):
+            raise ModelLoadError(f"{path}: {key!r} must be a positive integer, got {value!r}")
+    return values
+
+
+def check_loaded_weights(folder: Path, model, info: dict) -> None:
+    """transformers initializes missing weights at random and drops unused ones with a log line; a config.json
+    that does not match the weights (num_hidden_layers 3 over 6 layers of weights) would then train a different
+    model. Allowed: a new head on a backbone (weights outside the base model) and the pooler, as transformers
+    initializes it; anything else missing or unused inside the base model is an error naming it."""
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, "base_model", model)
+    children = {name for name, _ in base.named_children()}
+
+    def in_base(key: str, of_loaded_model: bool) -> str | None:
+        """`key` relative to the base model when it belongs there, else None."""
+        if key.startswith(prefix + "."):
+            key = key[len(prefix) + 1:]
+        elif of_loaded_model and base is not model:
+            return None  # a head weight of the loaded model (classifier.*): a new head is initialized
+        return key if key.split(".")[0] in children else None
+
+    missing = sorted(k for k in info.get("missing_keys", ()) if (b := in_base(k, True)) and not b.startswith("pooler."))
+    unused = sorted(k for k in info.get("unexpected_keys", ()) if (b := in_base(k, False)) and not b.endswith("_ids"))
+    if missing or unused:
+        found = [f"{what} {keys[:6]}" + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+                 for what, keys in (("missing weights", missing), ("unused weights", unused)) if keys]
+        layers = getattr(model.config, "num_hidden_layers", None)
+        raise ModelLoadError(
+            f"{folder / 'config.json'} does not match the weights in {folder}: {'; '.join(found)}"
+            + (f" (config.json says num_hidden_layers {layers})" if layers else "")
+        )
 
 
 def load_tokenizer(folder: Path, *, do_lower_case: bool = False, native: bool = False):

@@ -13,7 +13,8 @@ packing.py's padding-free forward runs on it as on theirs. tests/test_bert.py pi
 the gradients and the saved files against transformers.
 
 `load` returns None where it cannot promise that (an architecture or option it does not reproduce,
-weights it does not recognise, pickle files); the caller then loads the folder with transformers.
+weights it does not recognise or that do not match config.json, pickle files); the caller then loads the
+folder with transformers (and refuses weights that do not match, naming them: backbone.load_backbone).
 
     EncoderConfig        config.json's values as attributes, with transformers' defaults
     BertEncoder          the encoder: forward(input_ids, attention_mask, token_type_ids, position_ids)
@@ -329,6 +330,8 @@ def load(folder: Path) -> BertEncoder | None:
             if tensor.shape != expected[name].shape:
                 return None
             renamed[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        elif name.split(".")[0] in ("embeddings", "encoder", "pooler") and not name.endswith("_ids"):
+            return None  # an encoder weight this config has no place for (fewer layers): transformers reports it
     missing = [k for k in expected if k not in renamed]
     if any(not k.startswith("pooler.") for k in missing):
         return None

@@ -97,7 +97,8 @@ class BiEncoder(nn.Module):
         self.normalize = normalize
         self.max_length = int(max_length)
         self.do_lower_case = do_lower_case
-        self.prompts = dict(prompts or {})
+        # ST refuses to load a folder whose default prompt is not among its prompts: refuse it before it is saved.
+        self.prompts = ckpt.check_prompts(dict(prompts or {}), default_prompt_name, "BiEncoder", ValueError)
         self.default_prompt_name = default_prompt_name
         self.similarity_fn_name = similarity_fn_name
         self.truncate_dim = truncate_dim
@@ -151,11 +152,21 @@ class BiEncoder(nn.Module):
         for d in spec["dense"]:
             c = d["config"]
             layer = Dense(c["in_features"], c["out_features"], c.get("bias", True), c.get("activation_function"))
-            state = {k: v for k, v in d["state"].items() if k.startswith("linear.")}
-            missing, unexpected = layer.load_state_dict(state, strict=False)
-            if missing:
-                raise ckpt.ModelLoadError(f"{d['path']}: Dense weights are missing {missing}")
-            dense.append(layer)
+            expected = layer.state_dict()
+            wrong = [f"{k} {tuple(v.shape)} (config.json: {tuple(expected[k].shape)})"
+                     for k, v in d["state"].items() if k in expected and v.shape != expected[k].shape]
+            missing = [k for k in expected if k not in d["state"]]
+            unused = [k for k in d["state"] if k not in expected]
+            if missing or unused or wrong:
+                raise ckpt.ModelLoadError(
+                    f"{d['path']}: the weights do not match config.json: "
+                    + "; ".join(f"{what} {keys}" for what, keys in (("missing", missing), ("unused", unused),
+                                                                     ("wrong shape", wrong)) if keys)
+                )
+            layer.load_state_dict(d["state"])
+            # ST casts every module after the backbone to the backbone's dtype (base/model.py), so a model saved
+            # in fp16 or fp64 encodes in that dtype throughout.
+            dense.append(layer.to(next(backbone.parameters()).dtype))
         model = cls(
             backbone, tokenizer,
             pooling=pooling,

@@ -8,7 +8,8 @@ refused with the list of supported ones: nothing named in a folder is ever impor
 
 Writing: the 2.4-5.3 layout, which every ST version from 2.4 to 6.2 loads (spec 1.9), with a real
 ST version string (ST 6 parses it with packaging and crashes on anything else). Every folder is
-written to a temporary sibling and renamed into place, so a crash never leaves half a model.
+written to a temporary sibling and renamed into place, so a crash never leaves half a model; saving
+over a model folder keeps what in it is not the model's, and any other non-empty folder is refused.
 
 Weights are read from safetensors only. Pickle files (pytorch_model.bin) are loaded only with
 `allow_pickle=True`, and then with `torch.load(weights_only=True)`.
@@ -19,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -151,6 +154,8 @@ def read_pooling_config(cfg: dict, path: Path) -> dict:
     """Any of the three pooling config schemas -> {"modes": [...], "include_prompt": bool, "dim": int}."""
     if "pooling_mode" in cfg:  # ST >= 5.4
         modes = cfg["pooling_mode"]
+        if not (isinstance(modes, str) or (isinstance(modes, list) and all(isinstance(m, str) for m in modes))):
+            raise ModelLoadError(f"{path}: \"pooling_mode\" must be a mode name or a list of them, got {modes!r:.60}")
         modes = [modes] if isinstance(modes, str) else list(modes)
         modes = ["mean_sqrt_len_tokens" if m == "mean_sqrt_len" else m for m in modes]
     else:
@@ -165,77 +170,183 @@ def read_pooling_config(cfg: dict, path: Path) -> dict:
     return {"modes": modes, "include_prompt": bool(cfg.get("include_prompt", True)), "dim": dim}
 
 
+def read_modules(folder: Path) -> list[tuple[str, Path]]:
+    """modules.json as (kind, module folder) pairs, every entry checked: an object whose "type" is a module
+    minisbert supports and whose "path" stays inside the model folder. BiEncoder and CrossEncoder both read
+    modules.json through here, so a path such as "../other" is refused the same way by both."""
+    path = folder / "modules.json"
+    modules = read_json(path)
+    if not isinstance(modules, list) or not modules:
+        raise ModelLoadError(f"{path} must be a non-empty JSON list of modules")
+    found = []
+    for i, entry in enumerate(modules):
+        if not isinstance(entry, dict):
+            raise ModelLoadError(f"{path}: entry {i} is {entry!r:.60}; expected an object with \"type\" and \"path\"")
+        for key in ("type", "path"):
+            if not isinstance(entry.get(key, ""), str):
+                raise ModelLoadError(f"{path}: entry {i} has \"{key}\": {entry[key]!r:.60}; expected a string")
+        rel = entry.get("path", "")
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ModelLoadError(f"{path}: module path {rel!r} leaves the model folder")
+        found.append((module_kind(entry.get("type", ""), folder), folder / rel))
+    return found
+
+
+def json_object(path: Path, default=None) -> dict:
+    """A JSON file that must hold an object (or be absent: `default`)."""
+    if not path.exists():
+        return default
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, found {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def check_prompts(prompts, default_prompt_name, where: str, error: type = ModelLoadError) -> dict:
+    """prompts must map names to strings, and default_prompt_name name one of them (ST refuses the folder
+    otherwise); returns the prompts with a null prompt as "", as ST reads it. `where` names the file or argument."""
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in prompts.items()):
+        raise error(f"{where}: \"prompts\" must be an object of name -> prompt string, got {prompts!r:.80}")
+    prompts = {k: "" if v is None else v for k, v in prompts.items()}
+    if default_prompt_name is not None and default_prompt_name not in prompts:
+        raise error(
+            f"{where}: default_prompt_name {default_prompt_name!r} is not one of the prompts {list(prompts)}"
+        )
+    return prompts
+
+
 def read_sentence_transformer(folder: Path, allow_pickle: bool = False) -> dict:
     """Parse an ST folder into a plain description the BiEncoder is built from."""
-    modules = read_json(folder / "modules.json")
-    if not isinstance(modules, list) or not modules:
-        raise ModelLoadError(f"{folder / 'modules.json'} must be a non-empty JSON list of modules")
-    st_cfg = read_json(folder / "config_sentence_transformers.json", {}) or {}
+    modules = read_modules(folder)
+    st_path = folder / "config_sentence_transformers.json"
+    st_cfg = json_object(st_path, {})
     spec = {
         "transformer_path": None, "max_length": None, "do_lower_case": False, "pooling": None,
         "dense": [], "normalize": False,
-        "prompts": {k: v for k, v in (st_cfg.get("prompts") or {}).items() if v is not None},
+        "prompts": check_prompts(st_cfg.get("prompts") or {}, st_cfg.get("default_prompt_name"), str(st_path)),
         "default_prompt_name": st_cfg.get("default_prompt_name"),
         "similarity_fn_name": st_cfg.get("similarity_fn_name") or "cosine",
         "truncate_dim": st_cfg.get("truncate_dim"),
     }
-    for entry in modules:
-        rel = entry.get("path", "")
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise ModelLoadError(f"{folder / 'modules.json'}: module path {rel!r} leaves the model folder")
-        sub = folder / rel
-        kind = module_kind(entry.get("type", ""), folder)
+    for kind, sub in modules:
         if kind == "Transformer":
-            cfg = next((read_json(sub / n) for n in TRANSFORMER_CONFIGS if (sub / n).exists()), {}) or {}
+            name = next((n for n in TRANSFORMER_CONFIGS if (sub / n).exists()), None)
+            cfg = json_object(sub / name, {}) if name else {}
             spec["transformer_path"] = sub
             spec["max_length"] = cfg.get("max_seq_length")
             spec["do_lower_case"] = bool(cfg.get("do_lower_case", False))
             spec["transformer_task"] = cfg.get("transformer_task", "feature-extraction")
         elif kind == "Pooling":
-            spec["pooling"] = read_pooling_config(read_json(sub / "config.json", {}) or {}, sub / "config.json")
+            spec["pooling"] = read_pooling_config(json_object(sub / "config.json", {}), sub / "config.json")
         elif kind == "Dense":
-            cfg = read_json(sub / "config.json")
+            cfg = json_object(sub / "config.json")
             if cfg is None:
                 raise ModelLoadError(f"{sub} is a Dense module without config.json")
+            for key in ("in_features", "out_features"):
+                if not (isinstance(cfg.get(key), int) and not isinstance(cfg.get(key), bool) and cfg[key] > 0):
+                    raise ModelLoadError(f"{sub / 'config.json'}: {key!r} must be a positive integer, got {cfg.get(key)!r}")
             spec["dense"].append({"config": cfg, "state": load_state_dict(sub, allow_pickle), "path": sub})
         else:
             spec["normalize"] = True
     if spec["transformer_path"] is None:
         raise ModelLoadError(f"{folder / 'modules.json'} has no Transformer module")
-    if spec["default_prompt_name"] is not None and spec["default_prompt_name"] not in spec["prompts"]:
-        raise ModelLoadError(
-            f"{folder / 'config_sentence_transformers.json'}: default_prompt_name "
-            f"{spec['default_prompt_name']!r} is not one of the prompts {list(spec['prompts'])}"
-        )
     return spec
 
 
 # ---------------------------------------------------------------------------- writing a folder
 
+# What a model folder consists of: the files minisbert, sentence-transformers and transformers write there (and
+# a run checkpoint's state file). Saving over a model folder replaces these; anything else in it belongs to the
+# user (a .git folder, notes, evaluation results) and is kept.
+MODEL_FILES = re.compile(
+    r"(config|modules|config_sentence_transformers|sentence_\w+_config|generation_config|tokenizer_config"
+    r"|special_tokens_map|added_tokens|tokenizer|vocab)\.json|README\.md|vocab\.txt|merges\.txt"
+    r"|(model|pytorch_model)(-\d+-of-\d+)?\.(safetensors|bin)|(model|pytorch_model)\.(safetensors|bin)\.index\.json"
+    r"|sentencepiece\.bpe\.model|spiece\.model|tokenizer\.model|chat_template\.jinja|training_state\.pt"
+    r"|\d+_[A-Za-z]+"  # module folders: 1_Pooling, 2_Dense, 3_Normalize
+)
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A folder holding an ST model (modules.json) or a transformers model (config.json beside weights)."""
+    weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin")) or any(folder.glob("*.index.json"))
+    return (folder / "modules.json").is_file() or ((folder / "config.json").is_file() and weights)
+
+
+def user_entries(target: Path) -> list[str]:
+    """The names in an existing `target` that saving a model there keeps (everything but model files); raises
+    ValueError for a non-empty folder that is not a model folder, which minisbert will not write into."""
+    names = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+    if names and not is_model_folder(target):
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+        raise ValueError(
+            f"cannot save a model to {target}: the folder is not empty and is not a model folder (it holds {shown}). "
+            f"minisbert replaces only model folders and never deletes files it did not write: save into a new or "
+            f"empty folder, or a model folder saved before"
+        )
+    return [n for n in names if not MODEL_FILES.fullmatch(n)]
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike):
     """Yield a temporary folder beside `target`; on success it replaces `target` in one rename.
 
+    An existing `target` must be empty or a model folder (see `user_entries`): its model files are replaced as a
+    whole, and every other entry in it is carried into the new folder (hard-linked, or copied where the
+    filesystem cannot link) before the rename, so a crash at any moment leaves the old folder or the new one,
+    each with the user's files. A symlink is followed: the folder it points to is replaced, the link stays.
+    The new folder gets the old one's permissions, or those of the umask (as mkdir would) when there was none.
     On any exception the temporary folder is removed and an existing `target` is left untouched.
     """
     target = Path(target)
+    if target.is_symlink():
+        target = target.resolve()
     if target.exists() and not target.is_dir():
         raise ValueError(f"cannot save to {target}: it exists and is not a folder")
+    user_entries(target)  # refuse before any work is done
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    mode = stat.S_IMODE(target.stat().st_mode) if target.is_dir() else 0o777 & ~_umask()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))  # mode 0700 while written
     try:
         yield tmp
         _fsync_tree(tmp)
-        if target.exists():
+        os.chmod(tmp, mode)
+        keep = [n for n in user_entries(target) if not (tmp / n).exists()]
+        for name in keep:
+            _carry(target / name, tmp / name)
+        if target.exists() and any(target.iterdir()):
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.rename(target, old)
             os.rename(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
-        else:
+        else:  # rename(2) replaces a missing or empty folder in one step
             os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _carry(src: Path, dst: Path) -> None:
+    """Recreate `src` at `dst` without touching `src`: files hard-linked, symlinks as symlinks, folders with their modes."""
+    if src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    elif src.is_dir():
+        shutil.copytree(src, dst, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(src, dst)
 
 
 def _fsync_tree(root: Path) -> None:

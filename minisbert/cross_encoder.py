@@ -21,7 +21,7 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from . import packing
 from .backbone import (
-    Truncation, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
+    Truncation, check_config, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
     quiet_transformers,
 )
 from .bi_encoder import activation_from_path
@@ -33,7 +33,7 @@ IDENTITY = "torch.nn.modules.linear.Identity"
 
 def _saved_activation(folder: Path, config) -> str | None:
     """The activation a folder asks for, newest ST convention first (st/cross_encoder/model.py:358-380)."""
-    st_cfg = ckpt.read_json(folder / "config_sentence_transformers.json", {}) or {}
+    st_cfg = ckpt.json_object(folder / "config_sentence_transformers.json", {})
     if st_cfg.get("activation_fn"):
         return st_cfg["activation_fn"]
     nested = getattr(config, "sentence_transformers", None) or {}
@@ -66,12 +66,8 @@ class CrossEncoder(nn.Module):
         folder = ckpt.resolve_model_dir(name_or_path)
         root = folder
         if (folder / "modules.json").exists():  # a 5.4+ CE folder, or a bi-encoder whose backbone we reuse
-            spec_modules = ckpt.read_json(folder / "modules.json") or [{}]
-            first = spec_modules[0]
-            ckpt.module_kind(first.get("type", ""), folder)
-            root = folder / first.get("path", "")
-        if not (root / "config.json").exists():
-            raise ckpt.ModelLoadError(f"{root} has no config.json: it is not a transformers model folder")
+            root = ckpt.read_modules(folder)[0][1]
+        check_config(root)  # a config.json that is not JSON, or holds impossible sizes, named before transformers reads it
         config = AutoConfig.from_pretrained(root)
         is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
         kwargs = {}

@@ -14,8 +14,10 @@ what that rebuild makes from the config. Then both generations of transformers t
 The encoding path (`encode`, which also takes a transformers tokenizer) covers what minisbert asks of a
 tokenizer: texts or (a, b) pairs, optional truncation to max_length (longest_first) and padding to the
 longest, lists or (B, L) int64 tensors, and the Rust encodings (for truncation counts). Any other attribute (`decode`, `save_pretrained`,
-`add_tokens`, `vocab`, ...) loads the transformers tokenizer of the same folder once, and from then on
-every call, `encode` included, goes to it, so changes made through it are never bypassed.
+`add_tokens`, `vocab`, ...) loads the transformers tokenizer once, and from then on every call, `encode`
+included, goes to it, so changes made through it are never bypassed. It is built from the tokenizer files as
+they were when the model was loaded, kept in memory (as sentence-transformers keeps its tokenizer), so a model
+still saves after its source folder was moved or deleted (a `--model` folder removed during training).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ BERT_CLASSES = ("BertTokenizer", "BertTokenizerFast")
 BERT_DEFAULTS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
                  "mask_token": "[MASK]"}  # BertTokenizer's named special tokens and their defaults
 NAMED_SPECIAL = tuple(BERT_DEFAULTS)
+# The files AutoTokenizer reads for a BERT tokenizer, kept in memory at load (see the module docstring).
+SNAPSHOT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                  "chat_template.jinja")
 # Settings that change what transformers' tokenizer does in ways this class does not reproduce.
 UNSUPPORTED_SETTINGS = ("split_special_tokens", "additional_special_tokens", "extra_special_tokens", "add_bos_token",
                         "add_eos_token", "bos_token", "eos_token")
@@ -53,13 +58,17 @@ class Tokenizer:
     is_fast = True
     model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
     SETTABLE = ("model_max_length", "padding_side", "truncation_side")
-    _OWN = ("_backend", "_folder", "_do_lower_case", "_transformers", "_native")
+    _OWN = ("_backend", "_folder", "_files", "_do_lower_case", "_transformers", "_native")
 
-    def __init__(self, backend, settings: dict, folder: Path, do_lower_case: bool = False):
-        """`settings`: what transformers' tokenizer of `folder` would answer for the names in it (`load`)."""
+    def __init__(self, backend, settings: dict, folder: Path, do_lower_case: bool = False, files: dict | None = None):
+        """`settings`: what transformers' tokenizer of `folder` would answer for the names in it (`load`);
+        `files`: {name: bytes} of the folder's tokenizer files (default: read now)."""
+        if files is None:
+            files = {n: (folder / n).read_bytes() for n in SNAPSHOT_FILES if (folder / n).is_file()}
         self.__dict__.update({
             "_backend": backend,  # tokenizers.Tokenizer
             "_folder": folder,
+            "_files": files,
             "_do_lower_case": do_lower_case,
             "_transformers": None,  # the transformers tokenizer, once anything beyond `encode` was asked for
             "_native": dict(settings),
@@ -107,11 +116,18 @@ class Tokenizer:
 
     @property
     def transformers(self):
-        """The transformers tokenizer of this folder (AutoTokenizer), loaded on first use."""
+        """The transformers tokenizer of this folder (AutoTokenizer), loaded on first use from the files as they
+        were at load: written to a temporary folder, which transformers no longer needs once it has loaded."""
         if self._transformers is None:
+            import tempfile
+
             from .backbone import load_transformers_tokenizer
 
-            tok = load_transformers_tokenizer(self._folder, do_lower_case=self._do_lower_case)
+            with tempfile.TemporaryDirectory(prefix="minisbert-tokenizer-") as tmp:
+                for name, data in self._files.items():
+                    (Path(tmp) / name).write_bytes(data)
+                tok = load_transformers_tokenizer(Path(tmp), do_lower_case=self._do_lower_case)
+            tok.name_or_path = str(self._folder)
             for name in self.SETTABLE:
                 setattr(tok, name, self._native[name])
             self.__dict__["_transformers"] = tok
@@ -159,10 +175,11 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
     if not (config_file.is_file() and json_file.is_file()):
         return None
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        text = json_file.read_text(encoding="utf-8")
+        files = {n: (folder / n).read_bytes() for n in SNAPSHOT_FILES if (folder / n).is_file()}
+        config = json.loads(files["tokenizer_config.json"].decode("utf-8"))
+        text = files["tokenizer.json"].decode("utf-8")
         saved = json.loads(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, KeyError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # transformers reports it
     if not isinstance(config, dict) or config.get("tokenizer_class") not in BERT_CLASSES:
         return None
@@ -200,7 +217,7 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
     }
     if settings["padding_side"] not in ("right", "left") or settings["truncation_side"] not in ("right", "left"):
         return None
-    return Tokenizer(backend, settings, folder, do_lower_case)
+    return Tokenizer(backend, settings, folder, do_lower_case, files)
 
 
 def prepend_lowercase(backend) -> None:
