@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from minisbert import distributed, evaluation, gradcache, losses, training
+from minisbert import distributed, evaluation, gradcache, kernels, losses, training
 from minisbert.backbone import Truncation
 from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
@@ -403,6 +403,9 @@ def main(cfg: TrainConfig) -> dict:
     say(f"model {base_model} ({'cross-encoder' if is_cross else 'bi-encoder'}{'' if is_cross else f', {model.embedding_dim} dims'}), "
         f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}"
         + (f", {world.world_size} processes" if world.distributed else ""))
+    say(f"kernels: {kernels.describe(device, torch.bfloat16 if cfg.dtype == 'bf16' else torch.float32, optimizer=True)}")
+    if cfg.dtype == "bf16" and world.main:
+        kernels.warn_if_bf16_emulated(device)  # once per process; evaluation's encode() then says nothing more
     trained = distributed.wrap(model, world)  # DDP in a multi-process run; `model` stays what is saved and evaluated
 
     # ------------------------------------------------------------------ tokenize once, up front
