@@ -455,7 +455,8 @@ def main(cfg: TrainConfig) -> dict:
     def micro_batch(task, rows, sizes=None, batch=None):
         """Padded features of each column for `rows`, their labels, and the loss with the guide bound in;
         given `sizes` (every process's share of the global `batch`) the loss gathers the global batch."""
-        columns = [collate(c, rows) for c in task.columns]
+        # On the model's device up front: the cached step finds the CUDA RNG to save and replay through them.
+        columns = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(c, rows).items()} for c in task.columns]
         labels = task.labels[rows].to(device) if task.labels is not None else None
         loss_fn = task.loss_fn if sizes is None else world.gathered(task.loss_fn, sizes)
         if task.guide_columns:
