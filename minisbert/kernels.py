@@ -7,6 +7,7 @@ fallback that gives the same results to float rounding.
                             fallback the plain (out, in) weight
     adamw_kernel(dev, dt)   torch._fused_adamw_, or torch's torch._foreach_* sequence; fallback the AdamW formula
                             tensor by tensor with public ops (torch.optim.AdamW(foreach=False)'s op sequence)
+    gelu_backward(g, u)     aten's gelu_backward (packing's recomputing feed-forward); fallback its formula
     bf16_native(device)     whether bf16 matmuls run natively there; `warn_if_bf16_emulated` says so once
     describe(device, dtype) the kernels a run uses, for train.py's startup line and the benchmark table
 
@@ -125,6 +126,19 @@ def _probe_prepack() -> bool:
 def onednn_prepack() -> bool:
     """True where bf16 weights can be handed to `linear_pointwise` prepacked (`reorder_linear_weight`)."""
     return onednn_linear(torch.bfloat16) and bool(_probed(("onednn_prepack",), _probe_prepack))
+
+
+# ----------------------------------------------------------------------------- GELU backward
+
+
+def gelu_backward(grad: Tensor, u: Tensor) -> Tensor:
+    """d/du of exact GELU u Phi(u), times grad: aten's gelu_backward kernel, or on the portable path the
+    formula Phi(u) + u phi(u) with public ops (equal to rounding)."""
+    if not is_portable():
+        return torch.ops.aten.gelu_backward(grad, u)
+    cdf = 0.5 * (1 + torch.erf(u * 0.7071067811865476))  # Phi(u)
+    pdf = torch.exp(-0.5 * u * u) * 0.3989422804014327  # phi(u) = exp(-u^2 / 2) / sqrt(2 pi)
+    return grad * (cdf + u * pdf)
 
 
 # ----------------------------------------------------------------------------- AdamW updates

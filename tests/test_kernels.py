@@ -238,10 +238,28 @@ print(json.dumps(dict(describe=kernels.describe("cpu", torch.bfloat16), fp32=ker
     assert result["warnings"] == 1 and result["diff"] < BF16["atol"]
 
 
-def test_packing_reads_the_choice_at_call_time(tiny, auto):
-    """The switch applies to models loaded before it (nothing is decided at load)."""
+def test_packing_reads_the_choice_at_call_time_and_only_for_cpu_tensors(tiny, auto):
+    """The switch applies to models loaded before it (nothing is decided at load); a tensor on any other
+    device (CUDA, here "meta") never reaches oneDNN, in inference or in training."""
     x = torch.zeros(4, 8)
+    other = torch.zeros(4, 8, device="meta")
     with torch.inference_mode():
         assert packing._inference_dtype(x) == (torch.float32 if kernels.onednn_linear(torch.float32) else None)
+        assert packing._inference_dtype(other) is None
         with kernels.portable():
             assert packing._inference_dtype(x) is None
+    assert packing._onednn_float32(x) == kernels.onednn_linear(torch.float32) and not packing._onednn_float32(other)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_portable_gelu_backward_equals_atens(dtype):
+    u = torch.linspace(-6, 6, 997).to(dtype)
+    g = torch.cos(torch.arange(997.0)).to(dtype)
+    with kernels.portable():
+        ours = kernels.gelu_backward(g, u)
+    ref = torch.ops.aten.gelu_backward(g, u)
+    x = u.float().requires_grad_()
+    (by_autograd,) = torch.autograd.grad(torch.nn.functional.gelu(x), x, g.float())
+    if dtype == torch.float32:
+        torch.testing.assert_close(ours, by_autograd, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.float(), ref.float(), **(dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)))
