@@ -32,7 +32,9 @@ Kernel choices, each measured (benchmarks/README.md): inference runs oneDNN's li
 and GELU fused in (`_linear`) on row tiles of at most INFERENCE_TILE tokens; float32 training runs its
 linears' matmuls, forward and backward, through oneDNN too (`_Linear`, `_mm`); training's feed-forward
 recomputes GELU in backward instead of keeping its (T, 4H) output (`_GeluFeedForward`), and attention
-with dropout on CPU recomputes its (n, h, L, L) probabilities in backward (`_DropoutAttention`).
+with dropout on CPU recomputes its (n, h, L, L) probabilities in backward (`_DropoutAttention`). Whether
+oneDNN's kernels run at all is kernels.py's call (a probe per kernel, x86 CPUs only); where they do not,
+the same functions run F.linear (the portable path), with the same results to float rounding.
 
 Shapes: K columns, B_k rows of column k, N rows in all, T real tokens (T' with fillers, see Packed),
 L a bucket's longest row (rounded up to ATTENTION_MULTIPLE),
