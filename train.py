@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from minisbert import distributed, evaluation, gradcache, losses, training
+from minisbert import distributed, evaluation, gradcache, kernels, losses, training
 from minisbert.backbone import Truncation
 from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
@@ -425,6 +425,9 @@ def main(cfg: TrainConfig) -> dict:
     say(f"model {base_model} ({'cross-encoder' if is_cross else 'bi-encoder'}{'' if is_cross else f', {model.embedding_dim} dims'}), "
         f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}"
         + (f", {world.world_size} processes" if world.distributed else ""))
+    say(f"kernels: {kernels.describe(device, torch.bfloat16 if cfg.dtype == 'bf16' else torch.float32, optimizer=True)}")
+    if cfg.dtype == "bf16" and world.main:
+        kernels.warn_if_bf16_emulated(device)  # once per process; evaluation's encode() then says nothing more
     trained = distributed.wrap(model, world)  # DDP in a multi-process run; `model` stays what is saved and evaluated
 
     # ------------------------------------------------------------------ tokenize once, up front
@@ -474,7 +477,8 @@ def main(cfg: TrainConfig) -> dict:
     def micro_batch(task, rows, sizes=None, batch=None):
         """Padded features of each column for `rows`, their labels, and the loss with the guide bound in;
         given `sizes` (every process's share of the global `batch`) the loss gathers the global batch."""
-        columns = [collate(c, rows) for c in task.columns]
+        # On the model's device up front: the cached step finds the CUDA RNG to save and replay through them.
+        columns = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(c, rows).items()} for c in task.columns]
         labels = task.labels[rows].to(device) if task.labels is not None else None
         loss_fn = task.loss_fn if sizes is None else world.gathered(task.loss_fn, sizes)
         if task.guide_columns:

@@ -70,10 +70,11 @@ def run_one(method: str, model_dir: str, path: str, out: str, batch_size: int, c
     import numpy as np
     import torch
 
-    from minisbert import BiEncoder, encode_file, packing
+    from minisbert import BiEncoder, encode_file, kernels
 
     torch.set_num_threads(threads)
-    packing._ONEDNN = packing._ONEDNN and onednn
+    if not onednn:
+        kernels.MODE = "portable"  # this worker process only: plain F.linear everywhere
     logging.getLogger("minisbert").setLevel(logging.ERROR)
     model = BiEncoder.from_pretrained(model_dir, device="cpu")
     model.encode(["warm up the kernels once"] * 4)

@@ -23,7 +23,9 @@ minisbert / ST. Workloads (names for --workload):
     quality     one epoch of MNRL with train.py and with ST's trainer: STS-B test Spearman (quality.py)
 
 ST's trainer (cold start, quality) needs sentence-transformers[train] (datasets, accelerate); without
-them those rows say so.
+them those rows say so. The "kernels" column names what minisbert ran each row with (minisbert/kernels.py:
+oneDNN or portable, and the AdamW update for training rows); MINISBERT_KERNELS=portable runs every
+workload on the portable path.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 WORKLOADS = ("encode", "train", "matryoshka", "cached", "cross", "retrieval", "cold", "quality")
+TRAINING = ("2 train", "3 matryoshka", "4 cached", "quality")  # workloads whose rows run an optimizer
+
+
+def row_kernels(workload: str, setting: str) -> str:
+    """The kernels minisbert runs a row with: its workers inherit this process's machine and environment."""
+    import torch
+
+    from minisbert import kernels
+
+    dtype = torch.bfloat16 if "bf16" in setting else torch.float32
+    training = workload in TRAINING or "training" in setting
+    return kernels.describe("cpu", dtype, optimizer=training)
 
 
 class Table:
@@ -47,7 +61,7 @@ class Table:
         self.rows: list[dict] = []
 
     def add(self, workload, setting, st, mini, unit, *, higher_is_better=False, ratio_kind="speed-up", st_mem=None,
-            mini_mem=None, target="", ok=None, note=""):
+            mini_mem=None, target="", ok=None, note="", kernels=None):
         """st / mini: the figure of each library in `unit`. ratio_kind "speed-up": how many times faster
         minisbert is (mini / st when higher_is_better, else st / mini); "share": mini / st (memory);
         None: no ratio (the row compares something else)."""
@@ -60,7 +74,8 @@ class Table:
         if callable(ok):
             ok = bool(ratio is not None and ok(ratio))
         row = dict(workload=workload, setting=setting, unit=unit, st=st, minisbert=mini, ratio=ratio, st_peak_mib=st_mem,
-                   minisbert_peak_mib=mini_mem, target=target, ok=ok, note=note)
+                   minisbert_peak_mib=mini_mem, target=target, ok=ok, note=note,
+                   kernels=kernels if kernels is not None else row_kernels(workload, setting))
         self.rows.append(row)
         print(self.format_row(row), flush=True)
         return row
@@ -79,11 +94,11 @@ class Table:
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
         return (f"| {r['workload']} | {r['setting']} | {self._num(r['st'])} | {self._num(r['minisbert'])} | {r['unit']} | "
                 f"{self._num(r['ratio']) + 'x' if r['ratio'] else '-'} | {self._num(r['st_peak_mib'], 0)} | "
-                f"{self._num(r['minisbert_peak_mib'], 0)} | {r['target']} | {ok} | {r['note']} |")
+                f"{self._num(r['minisbert_peak_mib'], 0)} | {r['target']} | {ok} | {r.get('kernels', '-')} | {r['note']} |")
 
     def markdown(self) -> str:
-        head = ("| workload | setting | ST | minisbert | unit | ratio | peak MiB ST | peak MiB minisbert | target | met | note |\n"
-                "|---|---|---:|---:|---|---:|---:|---:|---|---|---|")
+        head = ("| workload | setting | ST | minisbert | unit | ratio | peak MiB ST | peak MiB minisbert | target | met | kernels | note |\n"
+                "|---|---|---:|---:|---|---:|---:|---:|---|---|---|---|")
         return "\n".join([head] + [self.format_row(r) for r in self.rows])
 
 
@@ -107,7 +122,7 @@ def machine() -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu, "cores": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
         "torch": torch.__version__, "transformers": transformers.__version__, "sentence_transformers": st_version,
-        "load_average_at_start": os.getloadavg()[0],
+        "load_average_at_start": os.getloadavg()[0], "minisbert_kernels": os.environ.get("MINISBERT_KERNELS", "auto"),
     }
 
 
@@ -296,9 +311,9 @@ def run_cold(t: Table, a):
     r = bench_cold.time_cold(repeats=a.repeats or (1 if a.quick else 3), threads=a.threads)
     s = r["seconds"]
     t.add("7 cold start", "import minisbert / import sentence_transformers", s["import sentence_transformers"],
-          s["import minisbert"], "s", target="<= 0.5x (ratio >= 2x)", ok=lambda r: r >= 2)
+          s["import minisbert"], "s", target="<= 0.5x (ratio >= 2x)", ok=lambda r: r >= 2, kernels="-")
     t.add("7 cold start", "  from minisbert import BiEncoder / from sentence_transformers import SentenceTransformer",
-          s["from sentence_transformers import SentenceTransformer"], s["from minisbert import BiEncoder"], "s")
+          s["from sentence_transformers import SentenceTransformer"], s["from minisbert import BiEncoder"], "s", kernels="-")
     if "ST trainer to first step" in s:
         t.add("7 cold start", "launch to end of first training step (train.py / ST trainer)",
               s["ST trainer to first step"], s["train.py to first step"], "s", target="<= 0.5x (ratio >= 2x)",
@@ -342,7 +357,8 @@ def main(argv=None) -> int:
                         "quick": a.quick}
     print(f"# minisbert vs sentence-transformers -- {info['date']}, {info['cpu']} ({info['cores']} cores, "
           f"{info['cpu_capability']}), {a.threads} threads; torch {info['torch']}, transformers {info['transformers']}, "
-          f"sentence-transformers {info['sentence_transformers']}; load average at start {info['load_average_at_start']:.2f}")
+          f"sentence-transformers {info['sentence_transformers']}; MINISBERT_KERNELS={info['minisbert_kernels']}; "
+          f"load average at start {info['load_average_at_start']:.2f}")
     table = Table()
     print(table.markdown(), flush=True)
     raw, errors = {}, {}
@@ -355,7 +371,8 @@ def main(argv=None) -> int:
             a.json.write_text(json.dumps({"machine": info, "rows": table.rows, "raw": raw, "errors": errors}, indent=2, default=str))
         if a.markdown:
             a.markdown.write_text(f"{info['date']}, {info['cpu']}, {a.threads} threads, torch {info['torch']}, transformers "
-                                  f"{info['transformers']}, sentence-transformers {info['sentence_transformers']}; command "
+                                  f"{info['transformers']}, sentence-transformers {info['sentence_transformers']}, "
+                                  f"MINISBERT_KERNELS={info['minisbert_kernels']}; command "
                                   f"`{info['command']}`; load average {info['load_average_at_start']:.2f} -> "
                                   f"{info['load_average_at_end']:.2f}\n\n{table.markdown()}\n")
 

@@ -4,8 +4,9 @@ Why not torch.optim.AdamW: every method of torch.optim.Optimizer (its constructo
 state_dict, load_state_dict, zero_grad) is wrapped in torch._disable_dynamo, whose first call imports
 torch._dynamo, and with it sympy and torch.distributed's FSDP: 1.1-1.6 s of the launch of train.py on the
 2-core CPU, more than the first training step itself. This class runs the same kernels
-(torch._fused_adamw_, or torch's foreach formula where the fused kernel does not run) and keeps
-torch's state_dict layout, so a checkpoint written by either one resumes in the other:
+(torch._fused_adamw_, or torch's foreach formula where the fused kernel does not run, or the formula
+tensor by tensor where neither does; kernels.adamw_kernel probes which) and keeps torch's state_dict
+layout, so a checkpoint written by either one resumes in the other:
 
     {"state": {index: {"step": () float32, "exp_avg": like p, "exp_avg_sq": like p}},
      "param_groups": [{"lr", "betas", "eps", "weight_decay", ..., "params": [index, ...]}]}
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from . import kernels
+
 FUSED_DEVICES = ("cpu", "cuda")  # where torch._fused_adamw_ has kernels that torch.optim.AdamW(fused=True) uses too
 
 
@@ -28,6 +31,8 @@ class AdamW:
 
     `params`: tensors, or dicts {"params": [...], <any hyperparameter>} as torch takes them. `fused=None`
     picks the fused kernel when every parameter is a floating-point tensor on a device in FUSED_DEVICES.
+    `fused` fixes the state layout (as torch's flag does); each step runs the fused kernel only where the
+    probe says it works on that device and dtype (else foreach, else the plain formula: same update).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -60,11 +65,13 @@ class AdamW:
             by_kind: dict[tuple, list[torch.Tensor]] = {}  # one kernel launch per (device, dtype)
             for p in params:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
-            for same in by_kind.values():
+            beta1, beta2 = group["betas"]
+            for (device, dtype), same in by_kind.items():
                 state = [self.state[p] for p in same]
-                tensors = (same, [p.grad for p in same], [s["exp_avg"] for s in state],
-                           [s["exp_avg_sq"] for s in state], [s["step"] for s in state])
-                (_fused if group["fused"] else _foreach)(*tensors, group)
+                update = kernels.ADAMW[kernels.adamw_kernel(device, dtype, fused=bool(group["fused"]))]
+                update(same, [p.grad for p in same], [s["exp_avg"] for s in state], [s["exp_avg_sq"] for s in state],
+                       [s["step"] for s in state], lr=group["lr"], beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for group in self.param_groups:
@@ -123,28 +130,3 @@ def _placed(key: str, value, p: torch.Tensor, group: dict):
         return value.to(dtype=torch.float32, device=p.device) if group["fused"] else value
     return value.to(dtype=p.dtype, device=p.device) if p.is_floating_point() else value.to(device=p.device)
 
-
-def _fused(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
-    beta1, beta2 = group["betas"]
-    torch._foreach_add_(steps, 1)
-    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
-                        beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
-
-
-def _foreach(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
-    """torch.optim.adam._multi_tensor_adam's op sequence (not capturable), so results are bitwise equal."""
-    beta1, beta2 = group["betas"]
-    lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-    torch._foreach_add_(steps, 1)
-    if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    counts = [float(s.item()) for s in steps]
-    step_size = [(lr / (1 - beta1**n)) * -1 for n in counts]
-    correction2_sqrt = [(1 - beta2**n) ** 0.5 for n in counts]
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, correction2_sqrt)
-    torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)

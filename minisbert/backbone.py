@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import packing
+from . import kernels, packing
 from .checkpoint import ModelLoadError, check_safetensors, json_object, weight_files
 
 logger = logging.getLogger("minisbert")
@@ -255,7 +255,14 @@ def in_batches(model, items: list, batch_size: int, run, what: str, show_progres
     """Inference over `items` (texts or pairs): `run(batch, truncation) -> (b, ...)` on each batch of the
     distinct items, longest first (see `distinct_by_length`), in eval mode, with each linear's inference
     weights made once for the call (`packing.reusing_weights`) -> the rows in input order, (N, ...).
-    Truncation is counted per input, reported once, and kept as `model.last_truncation`."""
+    Truncation is counted per input, reported once, and kept as `model.last_truncation`. bf16 (weights or
+    autocast) where it would be emulated is said once per process (kernels.warn_if_bf16_emulated)."""
+    param = next(model.parameters(), None)
+    if param is not None:
+        kind = param.device.type
+        autocast_bf16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
+        if param.dtype == torch.bfloat16 or autocast_bf16:
+            kernels.warn_if_bf16_emulated(param.device)
     distinct, index = distinct_by_length(items)
     truncation = Truncation(rows=[])
     out = []

@@ -32,7 +32,9 @@ Kernel choices, each measured (benchmarks/README.md): inference runs oneDNN's li
 and GELU fused in (`_linear`) on row tiles of at most INFERENCE_TILE tokens; float32 training runs its
 linears' matmuls, forward and backward, through oneDNN too (`_Linear`, `_mm`); training's feed-forward
 recomputes GELU in backward instead of keeping its (T, 4H) output (`_GeluFeedForward`), and attention
-with dropout on CPU recomputes its (n, h, L, L) probabilities in backward (`_DropoutAttention`).
+with dropout on CPU recomputes its (n, h, L, L) probabilities in backward (`_DropoutAttention`). Whether
+oneDNN's kernels run at all is kernels.py's call (a probe per kernel, x86 CPUs only); where they do not,
+the same functions run F.linear (the portable path), with the same results to float rounding.
 
 Shapes: K columns, B_k rows of column k, N rows in all, T real tokens (T' with fillers, see Packed),
 L a bucket's longest row (rounded up to ATTENTION_MULTIPLE),
@@ -49,6 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import kernels
 
 # Architectures whose forward `encode_packed` reproduces: BERT-style post-LayerNorm encoders with absolute
 # position embeddings and no relative attention bias. The value says how transformers numbers positions:
@@ -219,15 +223,15 @@ def pack(columns: list[dict], attention_multiple: int = ATTENTION_MULTIPLE, buck
 
 def _inference_dtype(x: Tensor) -> torch.dtype | None:
     """The dtype oneDNN's fused linear kernels run in (see `_linear`), or None to use F.linear: only for
-    inference (no autograd) on CPU, in float32, or in bfloat16 (bf16 weights, or CPU autocast to bf16)."""
-    if torch.is_grad_enabled() or x.device.type != "cpu" or not _ONEDNN:
+    inference (no autograd) on CPU, in float32, or in bfloat16 (bf16 weights, or CPU autocast to bf16),
+    where the kernel probe says oneDNN runs in that dtype (kernels.onednn_linear)."""
+    if torch.is_grad_enabled() or x.device.type != "cpu":
         return None
     if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
-    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
-
-
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        dtype = torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    else:
+        dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
+    return dtype if dtype is not None and kernels.onednn_linear(dtype) else None
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype | None, gelu: bool = False) -> Tensor:
@@ -244,14 +248,15 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype |
         x = x.to(dtype)
         if not weight.is_mkldnn:
             weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")
+        return kernels.linear_pointwise(x, weight, bias, gelu)
     y = _Linear.apply(x, weight, bias) if _onednn_float32(x) else F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
 
 
 def _onednn_float32(x: Tensor) -> bool:
     """True where float32 matmuls of training go through oneDNN (`_mm`): on CPU, in float32, outside autocast."""
-    return _ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and kernels.onednn_linear(torch.float32))
 
 
 def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -297,8 +302,7 @@ _REUSED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("minisbert
 # oneDNN's own blocked layout for a bf16 weight (torch.ops.mkldnn._reorder_linear_weight), made once per
 # call when weights are reused: 5-15% faster linears than handing it the plain (out, in) matrix, which it
 # reorders on every call. In float32 it gained 3-5% in a micro-benchmark for a second copy of every weight
-# (42 MB for MiniLM), so float32 keeps the parameters themselves.
-_PREPACK = hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+# (42 MB for MiniLM), so float32 keeps the parameters themselves. Where it runs: kernels.onednn_prepack.
 
 
 @contextlib.contextmanager
@@ -327,8 +331,8 @@ def _prepared(dtype: torch.dtype, *linears: nn.Linear) -> tuple[Tensor, Tensor |
     bias = None if any(b is None for b in biases) else biases[0] if len(biases) == 1 else torch.cat(biases)  # (out,)
     if cache is not None and dtype != weight.dtype:
         weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
-        if _PREPACK and dtype == torch.bfloat16:
-            weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        if dtype == torch.bfloat16 and kernels.onednn_prepack():
+            weight = kernels.reorder_linear_weight(weight)
     if cache is not None:
         cache[key] = (weight, bias)
     return weight, bias
@@ -466,7 +470,7 @@ class _GeluFeedForward(torch.autograd.Function):
             h = F.gelu(u)  # (T, I), recomputed
             dw2 = _mm(dy.t(), h.to(dy.dtype))  # (H, I)
             dh = _mm(dy, w2.to(dy.dtype))  # (T, I)
-            du = torch.ops.aten.gelu_backward(dh.to(u.dtype), u)  # (T, I)
+            du = kernels.gelu_backward(dh.to(u.dtype), u)  # (T, I)
             dw1 = _mm(du.t(), x.to(du.dtype))  # (I, H)
             dx = _mm(du, w1.to(du.dtype))  # (T, H)
         return dx, dw1, du.sum(0), dw2, dy.sum(0)

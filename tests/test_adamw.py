@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from capabilities import needs_adamw
+from minisbert import kernels
 from minisbert.adamw import AdamW
 
 
@@ -38,7 +40,8 @@ def _equal(a, b):
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("fused", [pytest.param(True, marks=needs_adamw("fused")),
+                                   pytest.param(False, marks=needs_adamw("foreach"))])
 def test_updates_equal_torch_adamw_bitwise(fused):
     ours_net, torch_net = _net(), _net()
     ours = AdamW(_groups(ours_net), lr=3e-3, betas=(0.8, 0.99), eps=1e-7, fused=fused)
@@ -66,13 +69,19 @@ def test_updates_equal_torch_adamw_bitwise(fused):
             assert torch.equal(s[k], theirs_sd["state"][i][k]), (i, k)
 
 
+def _torch_running_ours() -> dict:
+    """torch.optim.AdamW's flags for the kernel ours runs here in its default (fused) layout."""
+    kind = kernels.adamw_kernel("cpu", torch.float32, fused=True)
+    return {"fused": dict(fused=True), "foreach": dict(foreach=True), "plain": dict(foreach=False)}[kind]
+
+
 @pytest.mark.parametrize("direction", ["torch->ours", "ours->torch"])
 def test_state_dicts_resume_across_implementations(direction, tmp_path):
     """Three steps with one, its state saved and reloaded (torch.save/load, weights_only) into the other,
     two more steps: equal to five steps of the other alone. Old checkpoints (torch.optim) keep resuming."""
     first_net, second_net, straight_net = _net(), _net(), _net()
     make_ours = lambda net: AdamW(_groups(net), lr=1e-2)  # noqa: E731
-    make_torch = lambda net: torch.optim.AdamW(_groups(net), lr=1e-2, fused=True)  # noqa: E731
+    make_torch = lambda net: torch.optim.AdamW(_groups(net), lr=1e-2, **_torch_running_ours())  # noqa: E731
     make_first, make_second = (make_torch, make_ours) if direction == "torch->ours" else (make_ours, make_torch)
     first, straight = make_first(first_net), make_second(straight_net)
     for step in range(3):
@@ -87,7 +96,11 @@ def test_state_dicts_resume_across_implementations(direction, tmp_path):
         _grads([second_net, straight_net], step)
         second.step()
         straight.step()
-    assert _equal(second_net, straight_net)
+    if kernels.adamw_kernel("cpu", torch.float32, fused=True) == "fused":
+        assert _equal(second_net, straight_net)
+    else:  # torch takes `fused` from the loaded groups: its fused kernel against ours' fallback, equal to rounding
+        for p, q in zip(second_net.parameters(), straight_net.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
 
 
 def test_loading_a_state_for_another_model_is_refused():
@@ -129,3 +142,53 @@ def test_a_training_step_does_not_import_torch_dynamo():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
+
+
+def _five_steps(net, **kw):
+    opt = AdamW(_groups(net), lr=3e-3, betas=(0.8, 0.99), eps=1e-7, **kw)
+    for step in range(5):
+        _grads([net], step, skip_last=step == 1)
+        opt.step()
+    return opt
+
+
+def test_portable_update_is_torchs_single_tensor_formula_bitwise():
+    """kernels.portable(): the plain formula, public ops tensor by tensor, equal bit for bit to
+    torch.optim.AdamW(foreach=False), whichever layout (fused or not) the optimizer keeps."""
+    for fused in (True, False):
+        ours_net, torch_net = _net(), _net()
+        with kernels.portable():
+            assert kernels.adamw_kernel("cpu", torch.float32, fused=fused) == "plain"
+            _five_steps(ours_net, fused=fused)
+        theirs = torch.optim.AdamW(_groups(torch_net), lr=3e-3, betas=(0.8, 0.99), eps=1e-7, foreach=False)
+        for step in range(5):
+            _grads([torch_net], step, skip_last=step == 1)
+            theirs.step()
+        assert _equal(ours_net, torch_net), fused
+
+
+def test_failing_kernels_fall_back_to_the_same_update(monkeypatch):
+    """As on a machine without them: when torch._fused_adamw_ raises, the probe picks foreach; when the
+    foreach ops raise too, the plain formula. No crash, and the update equals the plain one to rounding."""
+    reference = _net()
+    with kernels.portable():
+        _five_steps(reference)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this CPU")
+
+    monkeypatch.setattr(kernels, "MODE", "auto")  # also under MINISBERT_KERNELS=portable: this test is about the probe
+    monkeypatch.setattr(kernels, "_PROBED", {})
+    monkeypatch.setattr(torch, "_fused_adamw_", broken)
+    assert kernels.adamw_kernel("cpu", torch.float32, fused=True) == "foreach"
+    net = _net()
+    opt = _five_steps(net)
+    assert opt.defaults["fused"]  # the layout stays the fused one: checkpoints do not depend on the machine
+    for p, q in zip(net.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(kernels, "_PROBED", {})
+    monkeypatch.setattr(torch, "_foreach_lerp_", broken)
+    assert kernels.adamw_kernel("cpu", torch.float32, fused=True) == "plain"
+    net = _net()
+    _five_steps(net)
+    assert _equal(net, reference)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from capabilities import needs_onednn
 from minisbert import BiEncoder, packing
 from minisbert.pooling import MODES
 
@@ -356,7 +357,7 @@ def test_buckets_hold_at_most_max_slots():
     assert len(packing._buckets(lengths, "cpu", 16, 64)) > len(packing._buckets(lengths, "cpu", 16))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [pytest.param(d, marks=needs_onednn(d)) for d in (torch.float32, torch.bfloat16)])
 def test_inference_tiles_bound_matmul_shapes_and_equal_one_pass(tiny, monkeypatch, dtype):
     """Inference runs its matmuls on at most INFERENCE_TILE rows (or one row's tokens, when longer), on the
     row grid, so batches of any size meet at most INFERENCE_TILE / ROWS_MULTIPLE row counts; results
@@ -436,6 +437,7 @@ def test_float32_training_linear_equals_autograd(bias):
         torch.testing.assert_close(packing._mm(a, m), a.mm(m), atol=1e-5, rtol=1e-5)
 
 
+@needs_onednn(torch.float32)
 def test_training_matmuls_take_onednn_in_float32_only(tiny_model_dirs, monkeypatch):
     """A float32 training step runs its linears through oneDNN (`_mm`); under bf16 autocast they stay on
     autocast's F.linear (bf16 matmuls), as before."""

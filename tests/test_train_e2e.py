@@ -8,6 +8,7 @@ Data: rows built from the committed STSb slice (tests/data/stsb_test_500.jsonl).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -325,6 +326,29 @@ def test_truncation_is_reported_once_and_bf16_runs(models, data, tmp_path, capsy
     assert out.count("truncation:") == 1
     assert "72 training inputs were longer than max_length=8" in out
     assert all(torch.isfinite(torch.tensor(logged(cfg.output_dir))))
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_says_once_when_emulated_and_names_the_kernels(native, models, data, tmp_path, capsys, monkeypatch):
+    """--dtype bf16 with evaluation, a dev loss and the cached step: where bf16 would be emulated (the probe
+    monkeypatched to say so, as on an AVX2-only CPU) the run warns exactly once; natively it says nothing.
+    The startup line names the kernels in use."""
+    import warnings
+
+    from minisbert import kernels
+
+    monkeypatch.setattr(kernels, "bf16_native", lambda device: native)
+    monkeypatch.setattr(kernels, "_WARNED", set())
+    cfg = config(models, data, tmp_path, max_steps=2, dtype="bf16", mini_batch_size=4, eval_data=[f"trip={data['triplets']}"],
+                 eval_dataset=str(data["triplets"]), eval_steps=1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        final = main(cfg)
+    emulated = [w for w in record if "bf16 is emulated" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+    assert "eval_trip_cosine_accuracy" in final and math.isfinite(final["eval_loss"])
+    out = capsys.readouterr().out
+    assert f"kernels: {kernels.describe('cpu', torch.bfloat16, optimizer=True)}" in out.splitlines()
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(models, data, tmp_path, monkeypatch):
