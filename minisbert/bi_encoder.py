@@ -162,7 +162,7 @@ class BiEncoder(nn.Module):
             include_prompt=saved_pool.get("include_prompt", True),
             dense=dense,
             normalize=spec["normalize"] if normalize is None else normalize,
-            max_length=max_length_for(tokenizer, backbone.config, spec["max_length"], max_length),
+            max_length=max_length_for(tokenizer, backbone.config, spec["max_length"], max_length, where=str(sub)),
             do_lower_case=spec["do_lower_case"],
             prompts=spec["prompts"],
             default_prompt_name=spec["default_prompt_name"],

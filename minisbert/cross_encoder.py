@@ -83,7 +83,7 @@ class CrossEncoder(nn.Module):
         saved_len = (ckpt.read_json(root / "sentence_bert_config.json", {}) or {}).get("max_seq_length") if not is_classifier else None
         ce = cls(
             model, tokenizer,
-            max_length=max_length_for(tokenizer, model.config, saved_len, max_length),
+            max_length=max_length_for(tokenizer, model.config, saved_len, max_length, pairs=True, where=str(root)),
             activation_fn=activation_fn or (_saved_activation(folder, model.config) if is_classifier else None),
         )
         ce.name_or_path = str(name_or_path)

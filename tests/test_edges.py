@@ -6,19 +6,37 @@
   rank(q, []), predict(["q", "d"]) as one pair, one pair with a one-label model -> np.float32,
   truncate_dim wider than the model -> no truncation. encode([]) is (0, D) float32 where ST gives (0,)
   float64 (README "Differences from sentence-transformers").
+* max_length beyond the position embeddings (from_pretrained, a saved max_seq_length, train.py
+  --max_length) is capped with a warning and long inputs encode; one that leaves no room for text
+  beside the special tokens is refused.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minisbert import BiEncoder, CrossEncoder
+from minisbert import BiEncoder, CrossEncoder, ModelLoadError
 from minisbert import losses as L
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train  # noqa: E402
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+           PYTHONPATH=str(ROOT))
+TRACEBACK = "Traceback (most recent call last)"
+LONG = "the quick brown fox jumps over the lazy dog " * 60  # about 540 tokens: past the tiny models' 128 positions
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -101,3 +119,72 @@ def test_predict_and_rank_edges_as_in_st(tiny_classifier_dirs, st_models):
         np.testing.assert_allclose(got, ref, atol=1e-5)
     assert ours.predict(("a query", "a document"), convert_to_tensor=True).shape == ()
     np.testing.assert_allclose(ours.predict([["a query", "a document"]]), theirs.predict([["a query", "a document"]]), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# max_length: capped at the positions, refused below the special tokens
+
+
+def _triplets(path: Path, n: int = 16, long_row: bool = True) -> Path:
+    rows = [{"anchor": f"anchor number {i}", "positive": f"positive text {i}", "negative": f"other words {i}"} for i in range(n)]
+    if long_row:
+        rows[0]["anchor"] = LONG
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _train_argv(model, data, out, *extra):
+    return ["--model", str(model), "--data", str(data), "--output_dir", str(out), "--eval_data", "none", "--batch_size", "8",
+            "--max_steps", "2", "--save_steps", "0", "--logging_steps", "1", "--disable_tqdm", *extra]
+
+
+def test_max_length_beyond_the_positions_is_capped_with_a_warning(tiny_model_dirs, tiny_classifier_dirs, tmp_path, caplog):
+    folder = tiny_model_dirs["bert"]  # 128 position embeddings
+    reference = BiEncoder.from_pretrained(folder, device="cpu")
+    assert reference.max_length == 128
+    with caplog.at_level(logging.WARNING, logger="minisbert"):
+        capped = BiEncoder.from_pretrained(folder, device="cpu", max_length=100_000)
+    assert capped.max_length == 128
+    assert "max_length 100000 exceeds the 128 positions of" in caplog.text and "using max_length 128" in caplog.text
+    np.testing.assert_array_equal(capped.encode([LONG, "short"]), reference.encode([LONG, "short"]))
+
+    reference.save_pretrained(tmp_path / "saved")  # a saved max_seq_length: the same cap
+    config = tmp_path / "saved" / "sentence_bert_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"max_seq_length": 100_000}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="minisbert"):
+        loaded = BiEncoder.from_pretrained(tmp_path / "saved", device="cpu")
+    assert loaded.max_length == 128 and "the saved max_seq_length 100000 exceeds the 128 positions" in caplog.text
+    assert loaded.encode([LONG]).shape == (1, 32)
+
+    ce = CrossEncoder.from_pretrained(tiny_classifier_dirs["bert"], device="cpu", max_length=100_000)
+    assert ce.max_length == 128 and np.isfinite(ce.predict([(LONG, LONG)])).all()
+
+
+def test_max_length_without_room_for_text_is_refused(tiny_model_dirs, tiny_classifier_dirs, tmp_path):
+    with pytest.raises(ValueError, match=r"max_length 2 leaves no room for text: every input of .* carries 2 special tokens; "
+                                         r"use a max_length of at least 3"):
+        BiEncoder.from_pretrained(tiny_model_dirs["bert"], device="cpu", max_length=2)
+    with pytest.raises(ValueError, match=r"max_length 3 leaves no room for text: every pair .* carries 3 special tokens"):
+        CrossEncoder.from_pretrained(tiny_classifier_dirs["bert"], device="cpu", max_length=3)
+    assert BiEncoder.from_pretrained(tiny_model_dirs["bert"], device="cpu", max_length=3).encode(["a b c"]).shape == (1, 32)
+
+    BiEncoder.from_pretrained(tiny_model_dirs["bert"], device="cpu").save_pretrained(tmp_path / "saved")
+    config = tmp_path / "saved" / "sentence_bert_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"max_seq_length": "long"}))
+    with pytest.raises(ModelLoadError, match=r"saved: the saved max_seq_length \(sentence_bert_config\.json\) must be a "
+                                             r"positive integer, got 'long'"):
+        BiEncoder.from_pretrained(tmp_path / "saved", device="cpu")
+
+
+def test_train_max_length_is_capped_and_one_is_refused(tiny_model_dirs, tmp_path, capsys):
+    data = _triplets(tmp_path / "triplets.jsonl")
+    out = tmp_path / "run"
+    assert train.cli(_train_argv(tiny_model_dirs["bert"], data, out, "--max_length", "100000")) == 0
+    assert json.loads((out / "train_config.json").read_text())["max_length"] == 128
+    assert BiEncoder.from_pretrained(out / "final", device="cpu").max_length == 128
+    capsys.readouterr()
+    assert train.cli(_train_argv(tiny_model_dirs["bert"], data, tmp_path / "one", "--max_length", "1")) == 2
+    err = capsys.readouterr().err
+    assert "max_length 1 leaves no room for text" in err and TRACEBACK not in err
+    assert not (tmp_path / "one").exists()
