@@ -331,7 +331,21 @@ class Task:
 # ----------------------------------------------------------------------------------------------
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT): the message says where the last checkpoint is and how to resume."""
+
+
 def main(cfg: TrainConfig) -> dict:
+    """One training run (see the module docstring); holds --output_dir's lock while it writes there."""
+    run = {}  # what an interruption message needs, filled in as the run gets there
+    try:
+        with contextlib.ExitStack() as stack:
+            return _train(cfg, stack, run)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(run)) from None
+
+
+def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
     say = tqdm.write  # prints above the progress bar
 
     # ------------------------------------------------------------------ setup
@@ -349,6 +363,10 @@ def main(cfg: TrainConfig) -> dict:
         raise ConfigError("--pooling and --normalize shape a bi-encoder's embedding; a cross-encoder (bce, listwise) has none")
     output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     _check_writable(output_dir)
+    holder = training.output_dir_holder(output_dir)
+    if holder is not None:
+        raise ConfigError(f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish, "
+                          "or pick another --output_dir")
     if cfg.resume is None and ((output_dir / "final").exists() or training.checkpoints(output_dir)):
         raise ConfigError(f"--output_dir {output_dir} already holds a run; pass --resume latest to continue it, or another --output_dir")
     resume_dir = training.find_resume(cfg.resume, output_dir) if cfg.resume else None
@@ -560,8 +578,10 @@ def main(cfg: TrainConfig) -> dict:
     # every check has passed: from here on the run (its rank 0) writes to output_dir
     if world.main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(training.OutputDirLock(output_dir))  # before the cleanup: it may not touch another run's saves
         training.remove_partial_saves(output_dir)
-        (output_dir / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+        training.write_run_file(output_dir / "train_config.json", json.dumps(resolved, indent=2) + "\n")
+        run["output_dir"] = output_dir
     log = training.RunLog(output_dir / "log.jsonl", records) if world.main else None
     if resume_dir is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -676,7 +696,7 @@ def main(cfg: TrainConfig) -> dict:
     card = (cross_encoder_card if is_cross else bi_encoder_card)(model, card_training)
     try:
         final_dir = model.save_pretrained(output_dir / "final", model_card=card)
-    except OSError as e:  # disk full, permissions: the checkpoints stay, nothing half-written
+    except training.WRITE_ERRORS as e:  # disk full, permissions: the checkpoints stay, nothing half-written
         raise SaveError(training.save_failed(output_dir / "final", e, output_dir)) from e
     say(f"saved {final_dir}")
     distributed.close()
@@ -722,6 +742,18 @@ def _check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: 
         raise ConfigError(f"--resume {resume_dir}: that checkpoint continues a run of --model {model}, not {cfg.model}; "
                           "leave --model out to resume it, or start a new --output_dir for another model")
     return saved
+
+
+def _interrupted(run: dict) -> str:
+    output_dir = run.get("output_dir")
+    if output_dir is None:
+        return "interrupted before training started; nothing was written"
+    found = training.checkpoints(output_dir)
+    if not found:
+        return (f"interrupted; no checkpoint was saved yet in {output_dir} (lower --save_steps to save sooner); "
+                "run the same command again to start over")
+    return (f"interrupted; the last complete checkpoint is {found[-1][1]}. Continue with: python train.py --config "
+            f"{output_dir / 'train_config.json'} --resume latest")
 
 
 def _nonfinite(what: str, step: int, dataset: str | None, output_dir: Path) -> str:
@@ -774,6 +806,9 @@ def cli(argv=None) -> int:
     except (ValueError, NonFiniteLoss, SaveError) as e:  # bad input (DataError, ConfigError, ModelLoadError), a diverged run, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    except Interrupted as e:  # Ctrl-C: 128 + SIGINT, as a shell reports it
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     finally:
         distributed.close()
     return 0

@@ -9,6 +9,14 @@
 * max_length beyond the position embeddings (from_pretrained, a saved max_seq_length, train.py
   --max_length) is capped with a warning and long inputs encode; one that leaves no room for text
   beside the special tokens is refused.
+* --output_dir is locked for a run: a second run (a real second process holds the lock) is refused
+  with the holder's pid; the lock of a train.py killed mid-save is stale and taken over by the resume.
+* A full disk, on a real tmpfs of a few MiB (root only, else skipped): a checkpoint whose
+  model.safetensors or training_state.pt does not fit, a train_config.json or log.jsonl that cannot be
+  written: one message naming the file and the last complete checkpoint, exit 1, no traceback, never a
+  half-written checkpoint; after the disk grows, --resume latest ends where an uninterrupted run ends.
+* Ctrl-C (SIGINT) in train.py: exit 130, the last checkpoint and the command that resumes, no traceback;
+  that command finishes the run.
 """
 
 from __future__ import annotations
@@ -16,7 +24,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +38,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minisbert import BiEncoder, CrossEncoder, ModelLoadError
+from safetensors.torch import load_file
+
+from minisbert import BiEncoder, CrossEncoder, ModelLoadError, training
 from minisbert import losses as L
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +203,155 @@ def test_train_max_length_is_capped_and_one_is_refused(tiny_model_dirs, tmp_path
     err = capsys.readouterr().err
     assert "max_length 1 leaves no room for text" in err and TRACEBACK not in err
     assert not (tmp_path / "one").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# one run per output_dir
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from minisbert import training
+lock = training.OutputDirLock(Path(sys.argv[1])).__enter__()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_run_into_a_locked_output_dir_is_refused(tiny_model_dirs, tmp_path):
+    data, out = _triplets(tmp_path / "triplets.jsonl"), tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              env=ENV, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *_train_argv(tiny_model_dirs["bert"], data, out)],
+                              env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
+        assert f"error: --output_dir {out} is in use by another run (pid {holder.pid} on {socket.gethostname()}); " \
+               "wait for it to finish, or pick another --output_dir" in proc.stderr
+        assert os.listdir(out) == [training.LOCK_FILE]  # nothing of the refused run
+    finally:
+        holder.kill()
+        holder.wait()
+    assert os.listdir(out) == [training.LOCK_FILE]  # a killed holder leaves its file: stale, so the next run goes on
+    assert train.cli(_train_argv(tiny_model_dirs["bert"], data, out)) == 0
+    assert (out / "final").is_dir() and not (out / training.LOCK_FILE).exists()
+
+
+def test_the_lock_of_a_run_killed_mid_save_is_taken_over_by_the_resume(tiny_model_dirs, tmp_path):
+    data, out = _triplets(tmp_path / "triplets.jsonl"), tmp_path / "run"
+    argv = _train_argv(tiny_model_dirs["bert"], data, out, "--save_steps", "1", "--max_steps", "3")
+    env = ENV | {training.KILL_DURING_SAVE: "2"}  # SIGKILL inside checkpoint-2's save
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    lock = json.loads((out / training.LOCK_FILE).read_text())
+    assert lock["pid"] != os.getpid() and training.output_dir_holder(out) is None  # its file is there, its flock is gone
+    assert train.cli(argv + ["--resume", "latest"]) == 0
+    assert (out / "final").is_dir() and not (out / training.LOCK_FILE).exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# a full disk: a real small filesystem
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """make(mib) -> a folder on a real tmpfs of that size; unmounted at teardown. Needs root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    def make(mib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(folder)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _grow(disk: Path, mib: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={mib}m", str(disk)], check=True)
+
+
+def _fill(disk: Path, leave_pages: int) -> None:
+    """Take all free space of `disk` but `leave_pages` blocks (a tmpfs gives every non-empty file whole pages)."""
+    st = os.statvfs(disk)
+    (disk / "filler").write_bytes(b"\0" * ((st.f_bavail - leave_pages) * st.f_frsize))
+    assert os.statvfs(disk).f_bavail == leave_pages
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and TRACEBACK not in err, err
+    return err
+
+
+# A checkpoint of the tiny model: model.safetensors 4.0 MB (written first), tokenizer 0.7 MB, training_state.pt 8.0 MB.
+@pytest.mark.parametrize("mib, fails_in", [(16, "model.safetensors"), (20, "training_state.pt")])
+def test_a_checkpoint_that_does_not_fit_leaves_the_last_one_and_resumes_exactly(
+        tiny_model_dirs, small_disk, tmp_path, capsys, mib, fails_in):
+    data = _triplets(tmp_path / "triplets.jsonl", long_row=False)
+    argv = lambda out: _train_argv(tiny_model_dirs["bert"], data, out, "--save_steps", "1", "--max_steps", "3")  # noqa: E731
+    assert train.cli(argv(tmp_path / "straight")) == 0
+    disk = small_disk(mib)  # room for checkpoint-1, not for checkpoint-2
+    out = disk / "run"
+    capsys.readouterr()
+    assert train.cli(argv(out)) == 1
+    err = _one_line_error(capsys)
+    assert f"could not write {out / 'checkpoint-2'}: " in err and "No space left on device" in err
+    assert f"Nothing was half-written: the last complete checkpoint is {out / 'checkpoint-1'}" in err
+    assert sorted(os.listdir(out)) == ["checkpoint-1", "log.jsonl", "train_config.json"]  # no partial folder, no lock
+    assert training.load_state(out / "checkpoint-1")["step"] == 1
+
+    _grow(disk, 64)  # space freed: the run continues where it stopped
+    assert train.cli(argv(out) + ["--resume", "latest"]) == 0
+    a, b = load_file(out / "final" / "model.safetensors"), load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("leave_pages, fails_in", [(0, "train_config.json"), (2, "log.jsonl")])
+def test_a_full_disk_for_the_run_files_is_one_message(tiny_model_dirs, small_disk, tmp_path, capsys, leave_pages, fails_in):
+    # 2 pages: one for the lock file, one for train_config.json (1.3 kB), none for log.jsonl's first record
+    data = _triplets(tmp_path / "triplets.jsonl", long_row=False)
+    disk = small_disk(1)
+    out = disk / "run"
+    _fill(disk, leave_pages)
+    capsys.readouterr()
+    assert train.cli(_train_argv(tiny_model_dirs["bert"], data, out, "--save_steps", "1")) == 1
+    err = _one_line_error(capsys)
+    assert f"error: could not write {out / fails_in}: No space left on device (errno 28)" in err
+    assert "no checkpoint was saved before; free space (or fix the permissions) and run again" in err
+    assert not any(p.name.startswith("checkpoint") for p in out.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+def test_ctrl_c_says_where_the_last_checkpoint_is_and_that_command_resumes(tiny_model_dirs, tmp_path):
+    data, out = _triplets(tmp_path / "triplets.jsonl", n=8, long_row=False), tmp_path / "run"
+    argv = _train_argv(tiny_model_dirs["bert"], data, out, "--batch_size", "2", "--max_steps", "80", "--save_steps", "2",
+                       "--save_total_limit", "1", "--logging_steps", "50")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600  # a bound on a hung run, not a timing assertion
+    while not training.checkpoints(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130, err
+    assert TRACEBACK not in err and "KeyboardInterrupt" not in err, err
+    step, last = training.checkpoints(out)[-1]
+    command = f"python train.py --config {out / 'train_config.json'} --resume latest"
+    assert err.strip().splitlines()[-1] == f"interrupted; the last complete checkpoint is {last}. Continue with: {command}"
+    assert step < 80 and not (out / "final").exists() and not (out / training.LOCK_FILE).exists()
+    assert train.cli(command.split()[2:] + ["--disable_tqdm"]) == 0  # the printed command finishes the run
+    assert training.load_state(training.checkpoints(out)[-1][1])["step"] == 80 and (out / "final").is_dir()

@@ -566,7 +566,7 @@ def test_full_disk_during_the_second_save_keeps_the_first_and_resumes_exactly(wo
     def save_until_the_disk_is_full(obj, f, *args, **kwargs):
         calls.append(f)
         if len(calls) == 2:  # the second checkpoint's state file: half of it lands, then ENOSPC
-            Path(f).write_bytes(b"\0" * 4096)
+            f.write(b"\0" * 4096)  # training.save_state passes an open file
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
         return real_save(obj, f, *args, **kwargs)
 
