@@ -144,6 +144,8 @@ class TrainConfig:
 # config: defaults <- --config file <- flags, then checks that need nothing loaded
 
 DATASET_KEYS = ("path", "name", "loss", "columns", "label_column", "limit", "prompts", "label_map")
+DATASET_TYPES = {"path": "str", "name": "str | None", "loss": "str | None", "columns": "list[str] | None",
+                 "label_column": "str | None", "limit": "int | None", "prompts": "str | dict | None", "label_map": "dict | None"}
 
 
 def _json_or_text(text: str):
@@ -194,6 +196,9 @@ def read_config_file(path) -> dict:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at byte {e.start}); "
+                          "save it as UTF-8") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of TrainConfig fields")
     known = {f.name for f in fields(TrainConfig)}
@@ -228,6 +233,19 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if not _type_ok(value, f.type):
             raise ConfigError(f"--{f.name} must be {f.type.replace(' | ', ' or ')}, got {value!r}")
+        if "float" in f.type and any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"--{f.name} must be finite, got {value!r}")
+    if not 0 <= cfg.seed < 2**63:  # what torch.manual_seed and numpy's generators take
+        raise ConfigError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
+    if cfg.device is not None:
+        try:
+            device = torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"--device {cfg.device!r} is not a device; expected cpu, cuda or cuda:N "
+                              "(or another torch device type, such as mps)") from None
+        if device.type == "cuda" and device.index is not None and torch.cuda.is_available() \
+                and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
     def positive(name, allow_zero=False):
         v = getattr(cfg, name)
@@ -274,6 +292,9 @@ def check_config(cfg: TrainConfig) -> None:
             unknown = sorted(set(d) - set(DATASET_KEYS))
             if unknown:
                 raise ConfigError(f"--datasets[{i}] has unknown key(s) {unknown}; allowed: {', '.join(DATASET_KEYS)}")
+            for key, annotation in DATASET_TYPES.items():
+                if key in d and not _type_ok(d[key], annotation):
+                    raise ConfigError(f"--datasets[{i}] {key!r} must be {annotation.replace(' | ', ' or ')}, got {d[key]!r}")
         names = [d.get("name") or Path(d["path"]).stem for d in cfg.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"--datasets: dataset names must differ, got {names}; give each a \"name\"")

@@ -15,6 +15,11 @@
   model.safetensors or training_state.pt does not fit, a train_config.json or log.jsonl that cannot be
   written: one message naming the file and the last complete checkpoint, exit 1, no traceback, never a
   half-written checkpoint; after the disk grows, --resume latest ends where an uninterrupted run ends.
+* Bad input to train.py and evaluate.py that raised a traceback or an unclear message: one line naming
+  the flag, file, row or column (a device that is not one, a dataset path that is a number, a lone
+  surrogate, a non-UTF-8 --config, a huge --seed, NaN --margin / --matryoshka_weights, a model path
+  that is a file; evaluate's --output folder, --plot checks, classification texts and label types,
+  --batch_size / --corpus_chunk_size 0, parquet reranking samples). evaluate fails before evaluating.
 * Ctrl-C (SIGINT) in train.py: exit 130, the last checkpoint and the command that resumes, no traceback;
   that command finishes the run.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -46,6 +52,7 @@ from minisbert import losses as L
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import evaluate  # noqa: E402
 import train  # noqa: E402
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
@@ -355,3 +362,118 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_that_command_resumes(tiny_
     assert step < 80 and not (out / "final").exists() and not (out / training.LOCK_FILE).exists()
     assert train.cli(command.split()[2:] + ["--disable_tqdm"]) == 0  # the printed command finishes the run
     assert training.load_state(training.checkpoints(out)[-1][1])["step"] == 80 and (out / "final").is_dir()
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: one message, no traceback
+
+
+def _jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+TRAIN_CASES = {
+    "device": (["--device", "foo"], r"^--device 'foo' is not a device; expected cpu, cuda or cuda:N"),
+    "dataset path": (["--datasets", '[{"path": 5}]'], r"^--datasets\[0\] 'path' must be str, got 5$"),
+    "dataset columns": (["--datasets", '[{"path": "x.jsonl", "columns": "anchor"}]'],
+                        r"^--datasets\[0\] 'columns' must be list\[str\] or None, got 'anchor'$"),
+    "lone surrogate": (["--data", "{surrogate}"], r"surrogate\.jsonl, line 3, column 'positive': character 4 is a lone "
+                                                   r"surrogate \('\\ud800'\), which is not Unicode text"),
+    "config not UTF-8": (["--config", "{latin1}"], r"^--config .*latin1\.json: not UTF-8 text \(byte 0xe9 at byte 13\)"),
+    "seed": (["--seed", str(10**23)], r"^--seed must be an integer from 0 to 2\*\*63 - 1, got 1" + "0" * 23 + "$"),
+    "margin nan": (["--loss", "triplet", "--margin", "nan"], r"^--margin must be finite, got nan$"),
+    "matryoshka weights nan": (["--loss", "matryoshka", "--matryoshka_dims", "32", "16", "--matryoshka_weights", "nan", "1"],
+                               r"^--matryoshka_weights must be finite, got \[nan, 1\.0\]$"),
+    "model is a file": (["--model", "{surrogate}"], r"surrogate\.jsonl is a file, not a model folder"),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES)
+def test_train_bad_input_is_one_message(case, tiny_model_dirs, tmp_path, capsys):
+    extra, message = TRAIN_CASES[case]
+    rows = [{"anchor": f"a{i}", "positive": f"p{i}", "negative": f"n{i}"} for i in range(8)]
+    rows[2]["positive"] = "abc\ud800"
+    names = {"surrogate": _jsonl(tmp_path / "surrogate.jsonl", rows), "latin1": tmp_path / "latin1.json"}
+    names["latin1"].write_bytes('{"loss": "caf\u00e9"}'.encode("latin-1"))
+    data = _triplets(tmp_path / "triplets.jsonl")
+    argv = _train_argv(tiny_model_dirs["bert"], data, tmp_path / "out") + [str(names.get(a.strip("{}"), a)) for a in extra]
+    if "--datasets" in extra:
+        argv.remove("--data"), argv.remove(str(data))
+    capsys.readouterr()
+    assert train.cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert re.search(message, err.removeprefix("error: ")), err
+    assert not (tmp_path / "out").exists()
+
+
+def _evaluate(argv, capsys) -> tuple[int, str]:
+    """evaluate.py's exit code and stderr, in-process: its __main__ prints a ValueError as one line, exit 2."""
+    evaluate.load_model.cache_clear()
+    capsys.readouterr()
+    try:
+        evaluate.main([str(a) for a in argv])
+    except ValueError as e:
+        return 2, str(e)
+    except SystemExit as e:  # argparse
+        return e.code, capsys.readouterr().err.strip().splitlines()[-1]
+    return 0, ""
+
+
+def test_evaluate_output_that_is_a_folder_fails_before_evaluating(tiny_model_dirs, tmp_path):
+    sts = _jsonl(tmp_path / "sts.jsonl", [{"sentence1": f"a {i}", "sentence2": f"b {i}", "score": i / 4} for i in range(4)])
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", str(tiny_model_dirs["bert"]), "--task", "sts",
+                           "--data", str(sts), "--output", str(folder)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == f"error: --output {folder} is a folder; name the file to write"
+    assert proc.stdout == ""  # nothing was evaluated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "sts.jsonl"] and not any(folder.iterdir())
+
+
+def test_evaluate_plot_is_checked_before_evaluating_and_makes_its_folder(tiny_model_dirs, tmp_path, capsys):
+    sts = _jsonl(tmp_path / "sts.jsonl", [{"sentence1": f"a {i}", "sentence2": f"b {i}", "score": i / 4} for i in range(4)])
+    # no dims to plot against: said before the (here missing) model is loaded
+    code, err = _evaluate(["--model", tmp_path / "no-model", "--task", "sts", "--data", sts, "--plot", tmp_path / "p.png"], capsys)
+    assert code == 2 and err.startswith("--plot ") and "no-model" not in err, err
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "new" / "folder" / "dims.png"
+    code, err = _evaluate(["--model", tiny_model_dirs["bert"], "--task", "sts", "--data", sts, "--matryoshka_dims", "32,16",
+                           "--plot", target], capsys)
+    assert code == 0 and target.read_bytes().startswith(b"\x89PNG")
+
+
+EVALUATE_CASES = {
+    "classification text a number": (["--task", "classification", "--data", "{number}"],
+                                     r"number/test\.jsonl: row 2, column 'text': expected text \(a string\), got int 5"),
+    "classification label types": (["--task", "classification", "--data", "{types}"],
+                                   r"test labels \['0', '1'\] never occur in the train labels \[0, 1\] "
+                                   r"\(labels are compared with their type: 1 and '1' differ\)"),
+    "rerank parquet": (["--task", "rerank", "--data", "{parquet}"],
+                       r"rerank\.parquet: (reading parquet needs pyarrow|not a readable parquet file)"),
+    "batch_size 0": (["--task", "sts", "--data", "{sts}", "--batch_size", "0"],
+                     r"argument --batch_size: expected a positive integer, got '0'"),
+    "corpus_chunk_size 0": (["--task", "retrieval", "--data", "{tmp}", "--corpus_chunk_size", "0"],
+                            r"argument --corpus_chunk_size: expected a positive integer, got '0'"),
+}
+
+
+@pytest.mark.parametrize("case", EVALUATE_CASES)
+def test_evaluate_bad_input_is_one_message(case, tiny_model_dirs, tmp_path, capsys):
+    number = tmp_path / "number"
+    number.mkdir()
+    _jsonl(number / "train.jsonl", [{"text": f"t {i}", "label": i % 2} for i in range(6)])
+    _jsonl(number / "test.jsonl", [{"text": "fine", "label": 0}, {"text": 5, "label": 1}])
+    types = tmp_path / "types"
+    types.mkdir()
+    _jsonl(types / "train.jsonl", [{"text": f"t {i}", "label": i % 2} for i in range(6)])
+    _jsonl(types / "test.jsonl", [{"text": "a", "label": "1"}, {"text": "b", "label": "0"}])
+    parquet = tmp_path / "rerank.parquet"
+    parquet.write_bytes(b"PAR1\x15\x04\x15\xff\xfe\x00PAR1")
+    sts = _jsonl(tmp_path / "sts.jsonl", [{"sentence1": "a", "sentence2": "b", "score": 0.5}])
+    names = {"number": number, "types": types, "parquet": parquet, "sts": sts, "tmp": tmp_path}
+    argv, message = EVALUATE_CASES[case]
+    code, err = _evaluate(["--model", tiny_model_dirs["bert"], *[names.get(a.strip("{}"), a) for a in argv]], capsys)
+    assert code == 2 and re.search(message, err), err
