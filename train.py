@@ -38,6 +38,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -352,8 +353,9 @@ class Task:
 # ----------------------------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    """Ctrl-C (SIGINT): the message says where the last checkpoint is and how to resume."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT): the message says where the last checkpoint is and how to resume (still a
+    KeyboardInterrupt for code that calls main)."""
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -384,7 +386,8 @@ def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
         raise ConfigError("--pooling and --normalize shape a bi-encoder's embedding; a cross-encoder (bce, listwise) has none")
     output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     _check_writable(output_dir)
-    holder = training.output_dir_holder(output_dir)
+    # Rank 0 alone holds the lock (it alone writes); another torchrun rank would find rank 0's own lock here.
+    holder = training.output_dir_holder(output_dir) if os.environ.get("RANK", "0") == "0" else None
     if holder is not None:
         raise ConfigError(f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish, "
                           "or pick another --output_dir")
