@@ -35,6 +35,16 @@ TASKS = ("retrieval", "sts", "triplet", "rerank", "classification", "clustering"
 DEFAULT_FNS = {"retrieval": "cosine,dot", "sts": "cosine,dot,euclidean,manhattan", "triplet": "cosine,dot,euclidean,manhattan"}
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="model folder (sentence-transformers / minisbert / transformers) or hub name")
@@ -44,9 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="", help="evaluator name: keys become <name>_<metric>")
     p.add_argument("--matryoshka_dims", default=None, help="comma-separated, e.g. 384,256,128,64 (retrieval, sts, triplet)")
     p.add_argument("--similarity_fn_names", default=None, help="comma-separated subset of cosine,dot,euclidean,manhattan")
-    p.add_argument("--batch_size", type=int, default=None,
+    p.add_argument("--batch_size", type=_positive, default=None,
                    help="default: ST's evaluator default (retrieval 32, sts/triplet 16, rerank 64); batches change the last bits")
-    p.add_argument("--corpus_chunk_size", type=int, default=50000, help="retrieval: documents encoded and scored at a time")
+    p.add_argument("--corpus_chunk_size", type=_positive, default=50000, help="retrieval: documents encoded and scored at a time")
     p.add_argument("--text_column", default=None)
     p.add_argument("--label_column", default=None)
     p.add_argument("--output", default=None, help="write the metrics here as JSON")
@@ -96,7 +106,7 @@ def build_evaluator(args, cross_encoder: bool) -> E.Evaluator:
     dims = _int_list(args.matryoshka_dims)
     if dims and args.task not in ("retrieval", "sts", "triplet"):
         raise ValueError(f"--matryoshka_dims applies to retrieval, sts and triplet, not {args.task!r}")
-    common = {"name": args.name} | ({"batch_size": args.batch_size} if args.batch_size else {})
+    common = {"name": args.name} | ({"batch_size": args.batch_size} if args.batch_size is not None else {})
     if args.task == "retrieval":
         return E.RetrievalEvaluator.from_beir(args.data, args.split, similarity_fn_names=fns, matryoshka_dims=dims,
                                               corpus_chunk_size=args.corpus_chunk_size, **common)
@@ -128,8 +138,26 @@ def write_json(metrics: dict, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, path)  # never leave a half-written file behind
+    try:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+        os.replace(tmp, path)  # never leave a half-written file behind
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_outputs(args) -> None:
+    """--output and --plot are checked before the evaluation: a run that cannot write its result fails at once."""
+    for flag, value in (("--output", args.output), ("--plot", args.plot)):
+        if value and Path(value).is_dir():
+            raise ValueError(f"{flag} {value} is a folder; name the file to write")
+        if value:
+            folder = next(p for p in Path(value).absolute().parents if p.exists())
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise ValueError(f"{flag} {value}: {folder} is not a writable folder")
+    if args.plot:
+        _pyplot()  # matplotlib is there
+        if args.task != "plot_log" and not _int_list(args.matryoshka_dims):
+            raise ValueError("--plot draws the metric against --matryoshka_dims; give the dims (or use --task plot_log)")
 
 
 def _pyplot():
@@ -164,6 +192,7 @@ def plot_matryoshka(metrics: dict[str, float], dims: list[int], primary: str, pa
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
 
@@ -194,6 +223,7 @@ def plot_log(log_path, path) -> dict[str, list]:
             if ax.lines:
                 ax.legend(fontsize=7)
         fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path)
         plt.close(fig)
     return {k: ys for k, (_, ys) in curves.items()}
@@ -207,6 +237,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.task not in TASKS:
         raise ValueError(f"unknown --task {args.task!r}; expected one of {', '.join(TASKS)}")
+    check_outputs(args)
 
     if args.task == "plot_log":
         curves = plot_log(args.data, args.plot)
@@ -226,10 +257,7 @@ def main(argv=None) -> dict:
     if args.output:
         write_json(metrics, args.output)
     if args.plot:
-        dims = _int_list(args.matryoshka_dims)
-        if not dims:
-            raise ValueError("--plot draws the metric against --matryoshka_dims; give the dims (or use --task plot_log)")
-        plot_matryoshka(metrics, dims, evaluator.primary_metric, args.plot)
+        plot_matryoshka(metrics, _int_list(args.matryoshka_dims), evaluator.primary_metric, args.plot)
     return metrics
 
 

@@ -42,6 +42,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -155,6 +156,8 @@ class TrainConfig:
 # config: defaults <- --config file <- flags, then checks that need nothing loaded
 
 DATASET_KEYS = ("path", "name", "loss", "columns", "label_column", "limit", "prompts", "label_map")
+DATASET_TYPES = {"path": "str", "name": "str | None", "loss": "str | None", "columns": "list[str] | None",
+                 "label_column": "str | None", "limit": "int | None", "prompts": "str | dict | None", "label_map": "dict | None"}
 
 
 def _json_or_text(text: str):
@@ -205,6 +208,9 @@ def read_config_file(path) -> dict:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"--config {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--config {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at byte {e.start}); "
+                          "save it as UTF-8") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a JSON object of TrainConfig fields")
     known = {f.name for f in fields(TrainConfig)}
@@ -239,6 +245,19 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if not _type_ok(value, f.type):
             raise ConfigError(f"--{f.name} must be {f.type.replace(' | ', ' or ')}, got {value!r}")
+        if "float" in f.type and any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"--{f.name} must be finite, got {value!r}")
+    if not 0 <= cfg.seed < 2**63:  # what torch.manual_seed and numpy's generators take
+        raise ConfigError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
+    if cfg.device is not None:
+        try:
+            device = torch.device(cfg.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(f"--device {cfg.device!r} is not a device; expected cpu, cuda or cuda:N "
+                              "(or another torch device type, such as mps)") from None
+        if device.type == "cuda" and device.index is not None and torch.cuda.is_available() \
+                and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {cfg.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
     def positive(name, allow_zero=False):
         v = getattr(cfg, name)
@@ -285,6 +304,9 @@ def check_config(cfg: TrainConfig) -> None:
             unknown = sorted(set(d) - set(DATASET_KEYS))
             if unknown:
                 raise ConfigError(f"--datasets[{i}] has unknown key(s) {unknown}; allowed: {', '.join(DATASET_KEYS)}")
+            for key, annotation in DATASET_TYPES.items():
+                if key in d and not _type_ok(d[key], annotation):
+                    raise ConfigError(f"--datasets[{i}] {key!r} must be {annotation.replace(' | ', ' or ')}, got {d[key]!r}")
         names = [d.get("name") or Path(d["path"]).stem for d in cfg.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"--datasets: dataset names must differ, got {names}; give each a \"name\"")
@@ -342,7 +364,22 @@ class Task:
 # ----------------------------------------------------------------------------------------------
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT): the message says where the last checkpoint is and how to resume (still a
+    KeyboardInterrupt for code that calls main)."""
+
+
 def main(cfg: TrainConfig) -> dict:
+    """One training run (see the module docstring); holds --output_dir's lock while it writes there."""
+    run = {}  # what an interruption message needs, filled in as the run gets there
+    try:
+        with contextlib.ExitStack() as stack:
+            return _train(cfg, stack, run)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(run)) from None
+
+
+def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
     say = tqdm.write  # prints above the progress bar
 
     # ------------------------------------------------------------------ setup
@@ -360,6 +397,11 @@ def main(cfg: TrainConfig) -> dict:
         raise ConfigError("--pooling and --normalize shape a bi-encoder's embedding; a cross-encoder (bce, listwise) has none")
     output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     _check_writable(output_dir)
+    # Rank 0 alone holds the lock (it alone writes); another torchrun rank would find rank 0's own lock here.
+    holder = training.output_dir_holder(output_dir) if os.environ.get("RANK", "0") == "0" else None
+    if holder is not None:
+        raise ConfigError(f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish, "
+                          "or pick another --output_dir")
     if cfg.resume is None and ((output_dir / "final").exists() or training.checkpoints(output_dir)):
         raise ConfigError(f"--output_dir {output_dir} already holds a run; pass --resume latest to continue it, or another --output_dir")
     resume_dir = training.find_resume(cfg.resume, output_dir) if cfg.resume else None
@@ -586,8 +628,10 @@ def main(cfg: TrainConfig) -> dict:
     # every check has passed: from here on the run (its rank 0) writes to output_dir
     if world.main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(training.OutputDirLock(output_dir))  # before the cleanup: it may not touch another run's saves
         training.remove_partial_saves(output_dir)
-        (output_dir / "train_config.json").write_text(json.dumps(resolved, indent=2) + "\n", encoding="utf-8")
+        training.write_run_file(output_dir / "train_config.json", json.dumps(resolved, indent=2) + "\n")
+        run["output_dir"] = output_dir
     log = training.RunLog(output_dir / "log.jsonl", records) if world.main else None
     if resume_dir is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -702,7 +746,7 @@ def main(cfg: TrainConfig) -> dict:
     card = (cross_encoder_card if is_cross else bi_encoder_card)(model, card_training)
     try:
         final_dir = model.save_pretrained(output_dir / "final", model_card=card)
-    except OSError as e:  # disk full, permissions: the checkpoints stay, nothing half-written
+    except training.WRITE_ERRORS as e:  # disk full, permissions: the checkpoints stay, nothing half-written
         raise SaveError(training.save_failed(output_dir / "final", e, output_dir)) from e
     say(f"saved {final_dir}")
     distributed.close()
@@ -769,6 +813,18 @@ def _small_batches(cfg: TrainConfig, i: int, spec: dict, ds, sampler, fill) -> s
             f"which must all go to different batches; {fixes}")
 
 
+def _interrupted(run: dict) -> str:
+    output_dir = run.get("output_dir")
+    if output_dir is None:
+        return "interrupted before training started; nothing was written"
+    found = training.checkpoints(output_dir)
+    if not found:
+        return (f"interrupted; no checkpoint was saved yet in {output_dir} (lower --save_steps to save sooner); "
+                "run the same command again to start over")
+    return (f"interrupted; the last complete checkpoint is {found[-1][1]}. Continue with: python train.py --config "
+            f"{output_dir / 'train_config.json'} --resume latest")
+
+
 def _nonfinite(what: str, step: int, dataset: str | None, output_dir: Path) -> str:
     found = training.checkpoints(output_dir)
     last = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was saved yet"
@@ -819,6 +875,9 @@ def cli(argv=None) -> int:
     except (ValueError, NonFiniteLoss, SaveError) as e:  # bad input (DataError, ConfigError, ModelLoadError), a diverged run, a full disk
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    except Interrupted as e:  # Ctrl-C: 128 + SIGINT, as a shell reports it
+        print(f"\n{e}", file=sys.stderr)
+        return 130
     finally:
         distributed.close()
     return 0

@@ -168,21 +168,48 @@ def load_transformers_tokenizer(folder: Path, *, do_lower_case: bool = False):
     return tok
 
 
-def max_length_for(tokenizer, config, saved: int | None, override: int | None) -> int:
-    """The maximum tokens per input: the user's, else the saved one, else min(tokenizer, positions)."""
-    if override is not None:
-        if override <= 0:
-            raise ValueError(f"max_length must be positive, got {override}")
-        return int(override)
-    if saved:
-        return int(saved)
-    length = tokenizer.model_max_length
+def max_length_for(tokenizer, config, saved, override: int | None, *, pairs: bool = False, where: str = "the model") -> int:
+    """The maximum tokens per input: the user's, else the saved one, else min(tokenizer, positions).
+
+    A length beyond the model's position embeddings is capped at them with a warning (a longer input
+    would index past them); one that leaves no room for text beside the special tokens is refused (below
+    them the tokenizer would not truncate at all). `where` names the folder in messages."""
     positions = getattr(config, "max_position_embeddings", None)
-    if positions and positions > 0:
+    limit = None
+    if isinstance(positions, int) and positions > 0:
         # RoBERTa-style models reserve padding_idx + 1 positions (514 positions -> 512 tokens).
-        roberta = config.model_type in ("roberta", "xlm-roberta", "camembert")
-        length = min(length, positions - ((getattr(config, "pad_token_id", 0) or 0) + 1 if roberta else 0))
-    return int(length)
+        roberta = getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert")
+        limit = positions - ((getattr(config, "pad_token_id", 0) or 0) + 1 if roberta else 0)
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int) or override <= 0:
+            raise ValueError(f"max_length must be a positive integer, got {override!r}")
+        length, what = int(override), "max_length"
+    elif saved is not None:
+        integral = isinstance(saved, int) or (isinstance(saved, float) and saved.is_integer())
+        if isinstance(saved, bool) or not integral or saved <= 0:
+            raise ModelLoadError(f"{where}: the saved max_seq_length (sentence_bert_config.json) must be a positive "
+                                 f"integer, got {saved!r}")
+        length, what = int(saved), "the saved max_seq_length"
+    else:
+        length = tokenizer.model_max_length
+        return int(min(length, limit) if limit else length)
+    if limit and length > limit:
+        logger.warning("%s %d exceeds the %d positions of %s: using max_length %d", what, length, limit, where, limit)
+        length = limit
+    specials = special_token_count(tokenizer, pairs)
+    if length <= specials:
+        raise ValueError(f"{what} {length} leaves no room for text: every {'pair' if pairs else 'input'} of {where} "
+                         f"carries {specials} special tokens; use a max_length of at least {specials + 1}")
+    return length
+
+
+def special_token_count(tokenizer, pairs: bool) -> int:
+    """How many special tokens the tokenizer adds to one input (to one pair when `pairs`)."""
+    from .tokenizer import encode
+
+    texts, second = ["a"], (["a"] if pairs else None)
+    with_special = encode(tokenizer, texts, second)["input_ids"][0]
+    return len(with_special) - len(encode(tokenizer, texts, second, add_special_tokens=False)["input_ids"][0])
 
 
 @dataclass

@@ -173,7 +173,7 @@ class BiEncoder(nn.Module):
             include_prompt=saved_pool.get("include_prompt", True),
             dense=dense,
             normalize=spec["normalize"] if normalize is None else normalize,
-            max_length=max_length_for(tokenizer, backbone.config, spec["max_length"], max_length),
+            max_length=max_length_for(tokenizer, backbone.config, spec["max_length"], max_length, where=str(sub)),
             do_lower_case=spec["do_lower_case"],
             prompts=spec["prompts"],
             default_prompt_name=spec["default_prompt_name"],
@@ -276,13 +276,16 @@ class BiEncoder(nn.Module):
         """
         single = isinstance(texts, str)
         texts = check_texts([texts] if single else texts)
-        if not texts:
-            raise ValueError("encode() got an empty list of texts; pass at least one string")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         truncate_dim = truncate_dim if truncate_dim is not None else self.truncate_dim
-        if truncate_dim is not None and not 0 < truncate_dim <= self.embedding_dim:
-            raise ValueError(f"truncate_dim must be in 1..{self.embedding_dim}, got {truncate_dim}")
+        if truncate_dim is not None and truncate_dim < 1:
+            raise ValueError(f"truncate_dim must be >= 1, got {truncate_dim}")
+        if truncate_dim is not None and truncate_dim >= self.embedding_dim:
+            truncate_dim = None  # wider than the model: nothing to cut (ST's slice does the same)
+        if not texts:  # ST returns an empty result too; (0, D) float32 so that it stacks with other batches
+            out = torch.zeros(0, truncate_dim or self.embedding_dim, device=self.device)
+            return out if convert_to_tensor else out.cpu().numpy()
         if normalize_embeddings is None:
             normalize_embeddings = self.normalize and truncate_dim is not None and truncate_dim < self.embedding_dim
         prompt = self.resolve_prompt(prompt, prompt_name)

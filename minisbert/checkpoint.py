@@ -58,6 +58,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise ModelLoadError(f"{path.resolve()} is a file, not a model folder; pass the folder that holds config.json")
     name = str(name_or_path)
     looks_like_repo = name.count("/") <= 1 and not name.startswith((".", "/", "~")) and not path.exists()
     if not looks_like_repo:

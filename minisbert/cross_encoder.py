@@ -79,7 +79,7 @@ class CrossEncoder(nn.Module):
         saved_len = (ckpt.read_json(root / "sentence_bert_config.json", {}) or {}).get("max_seq_length") if not is_classifier else None
         ce = cls(
             model, tokenizer,
-            max_length=max_length_for(tokenizer, model.config, saved_len, max_length),
+            max_length=max_length_for(tokenizer, model.config, saved_len, max_length, pairs=True, where=str(root)),
             activation_fn=activation_fn or (_saved_activation(folder, model.config) if is_classifier else None),
         )
         ce.name_or_path = str(name_or_path)
@@ -123,10 +123,12 @@ class CrossEncoder(nn.Module):
         A single pair (a tuple of two strings) gives a scalar. Each distinct pair is scored once, in
         length-sorted batches, and scores (float32) are returned in input order.
         """
-        single = isinstance(pairs, tuple) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
+        # One pair, as a tuple or a list of two strings (ST: a first item that is a string makes one pair).
+        single = isinstance(pairs, (tuple, list)) and len(pairs) == 2 and all(isinstance(x, str) for x in pairs)
         pairs = check_texts([pairs] if single else pairs, "pairs")
-        if not pairs:
-            raise ValueError("predict() got an empty list of pairs; pass at least one (query, document) pair")
+        if not pairs:  # ST returns an empty result too: (0,) for one label, (0, C) otherwise
+            empty = torch.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), device=self.device)
+            return empty if convert_to_tensor else empty.cpu().numpy()
         for i, p in enumerate(pairs):
             if not isinstance(p, (tuple, list)) or len(p) != 2:
                 raise TypeError(f"pairs[{i}] must be a (query, document) pair of strings, got {p!r:.60}")
@@ -141,7 +143,9 @@ class CrossEncoder(nn.Module):
             scores = scores[:, 0]
         if single:
             scores = scores[0]
-        return scores.clone() if convert_to_tensor else scores.cpu().numpy()
+        if convert_to_tensor:
+            return scores.clone()
+        return scores.cpu().numpy()[()]  # [()]: one pair with one label is an np.float32, as in ST
 
     def rank(self, query: str, documents, top_k: int | None = None, return_documents: bool = False, batch_size: int = 32,
              show_progress_bar: bool | None = None) -> list[dict]:

@@ -34,6 +34,7 @@ import io
 import json
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,6 +249,10 @@ def _build(records, header, unit, source, name, columns, label_column, label_map
             value = record[c]
             if not isinstance(value, str):
                 raise DataError(f"{where}, column {c!r}: expected text (a string), got {_describe(value)}")
+            bad = _SURROGATE.search(value)
+            if bad:  # JSON can escape half of a UTF-16 pair ("\ud800"); the tokenizer cannot take it
+                raise DataError(f"{where}, column {c!r}: character {bad.start() + 1} is a lone surrogate "
+                                f"({bad.group()!r}), which is not Unicode text; fix the escape or drop the row")
             texts[c].append(value)
         if label:
             if label not in record:
@@ -272,6 +277,9 @@ def _few_values(records, candidates) -> dict[str, int]:
         else:
             found[c] = len(values)
     return found
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def from_columns(columns: dict[str, list], labels=None, name="data", source="<memory>") -> TextDataset:

@@ -49,8 +49,12 @@ def read_jsonl(path) -> list[dict]:
 
 
 def read_rows(path) -> list[dict]:
-    """Rows of a .jsonl, .csv or .tsv file (the latter two with a header line)."""
+    """Rows of a .jsonl, .csv, .tsv (with a header line) or .parquet (needs pyarrow) file."""
     path = Path(path)
+    if path.suffix == ".parquet":
+        from .data import _read_parquet
+
+        return [row for _, row in _read_parquet(path, str(path), None)[1]]
     if path.suffix in (".csv", ".tsv"):
         text = _read_text(path)
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix == ".tsv" else ",",
@@ -200,6 +204,12 @@ def read_labelled(path, text_column: str | None = None, label_column: str | None
             raise ValueError(f"{path}: name the text and label columns (found {sorted(rows[0])}; tried {list(_LABELLED_COLUMNS)})")
         text_column, label_column = text_column or pair[0], label_column or pair[1]
     c = _pick_columns(path, rows, [text_column, label_column])
+    for i, (t, l) in enumerate(zip(c[text_column], c[label_column]), 1):
+        if not isinstance(t, str):
+            raise ValueError(f"{path}: row {i}, column {text_column!r}: expected text (a string), got {type(t).__name__} {t!r:.60}")
+        if isinstance(l, (list, dict)):
+            raise ValueError(f"{path}: row {i}, column {label_column!r}: expected a label (a string or a number), "
+                             f"got {type(l).__name__} {l!r:.60}")
     seen, texts, labels = set(), [], []
     for t, l in zip(c[text_column], c[label_column]):
         if t not in seen:

@@ -560,9 +560,12 @@ class ClassificationEvaluator(Evaluator):
         _check_lengths("ClassificationEvaluator (test)", texts=test_texts, labels=test_labels)
         self.train_texts, self.test_texts = list(train_texts), list(test_texts)
         self.classes, self.train_y = _label_ids(list(train_labels))
-        unseen = sorted({str(x) for x in test_labels} - {str(c) for c in self.classes})
+        known = set(self.classes)
+        unseen = sorted({x for x in test_labels if x not in known}, key=str)
         if unseen:
-            raise ValueError(f"ClassificationEvaluator: test labels {unseen} never occur in the train labels")
+            kinds = " (labels are compared with their type: 1 and '1' differ)" if {str(x) for x in unseen} & {str(c) for c in self.classes} else ""
+            raise ValueError(f"ClassificationEvaluator: test labels {unseen!r:.200} never occur in the train labels "
+                             f"{self.classes!r:.200}{kinds}")
         index = {c: i for i, c in enumerate(self.classes)}
         self.test_y = torch.tensor([index[x] for x in test_labels], dtype=torch.long)
         self.C, self.max_iter = C, max_iter

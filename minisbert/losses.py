@@ -437,9 +437,10 @@ def matryoshka(loss_fn: Callable[..., Tensor], dims: Sequence[int], weights: Seq
     tensor with ndim >= 2 (also inside a list/tuple argument, so a cached-step loss `lambda e, y: ...`
     works), except arguments whose parameter name starts with "guide_" (gist's guide embeddings keep
     their width, as in ST, which never truncates the guide). Labels/scores (ndim 1), ids and other
-    values pass through; 2-D float labels (teacher embeddings for distillation) are cut too, as in ST. Like ST's `shrink`, truncated embeddings are re-normalized (also at the full
-    width), which changes nothing for cosine-based losses but makes e.g. euclidean triplet work on unit
-    vectors.
+    values pass through. An argument named `labels` that holds embeddings (float, 2-D or 3-D, as wide as
+    the embeddings: teacher embeddings for distillation) is cut to d but not normalized, as ST cuts its
+    labels. Like ST's `shrink`, truncated embeddings are re-normalized (also at the full width), which
+    changes nothing for cosine-based losses but makes e.g. euclidean triplet work on unit vectors.
 
     dims: widths to train, each in (0, D]; evaluated from largest to smallest, as ST does.
     weights: one weight per dim (default 1 each).
@@ -459,13 +460,26 @@ def matryoshka(loss_fn: Callable[..., Tensor], dims: Sequence[int], weights: Seq
     except (TypeError, ValueError):  # no signature (a builtin): arguments are named by position
         signature = None
 
-    def shrink(name: str, x, d: int):
+    def is_embedding(x) -> bool:
+        return isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2
+
+    def width(name: str, x) -> int | None:
+        """The width of the first embedding in argument `x` (labels and guide embeddings excluded)."""
+        if name.startswith(("guide_", "label")):
+            return None
+        if isinstance(x, (list, tuple)):
+            return next((w for w in (width(name, v) for v in x) if w is not None), None)
+        return x.shape[-1] if is_embedding(x) else None
+
+    def shrink(name: str, x, d: int, full: int | None):
         """One argument at width d: embeddings truncated and re-normalized, the rest unchanged."""
         if name.startswith("guide_"):
             return x
+        if name.startswith("label"):  # teacher embeddings: ST cuts labels as wide as the embeddings, never normalizes
+            return x[..., :d] if is_embedding(x) and x.ndim <= 3 and x.shape[-1] == full else x
         if isinstance(x, (list, tuple)):
-            return type(x)(shrink(name, v, d) for v in x)
-        if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 2):
+            return type(x)(shrink(name, v, d, full) for v in x)
+        if not is_embedding(x):
             return x
         if d > x.shape[-1]:
             raise ValueError(f"matryoshka dim {d} is larger than the width {x.shape[-1]} of argument {name!r}")
@@ -473,15 +487,22 @@ def matryoshka(loss_fn: Callable[..., Tensor], dims: Sequence[int], weights: Seq
 
     def at_width(args, kwargs, d: int):
         if signature is None:
-            return [shrink(f"argument {i}", a, d) for i, a in enumerate(args)], {
-                k: shrink(k, v, d) for k, v in kwargs.items()
+            named = [(f"argument {i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+            full = next((w for w in (width(n, v) for n, v in named) if w is not None), None)
+            return [shrink(f"argument {i}", a, d, full) for i, a in enumerate(args)], {
+                k: shrink(k, v, d, full) for k, v in kwargs.items()
             }
         bound = signature.bind(*args, **kwargs)
+        named = []
+        for name, value in bound.arguments.items():
+            var_kw = signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD
+            named += list(value.items()) if var_kw else [(name, value)]
+        full = next((w for w in (width(n, v) for n, v in named) if w is not None), None)
         for name, value in list(bound.arguments.items()):
             if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:  # **kwargs: by their own names
-                bound.arguments[name] = {k: shrink(k, v, d) for k, v in value.items()}
+                bound.arguments[name] = {k: shrink(k, v, d, full) for k, v in value.items()}
             else:
-                bound.arguments[name] = shrink(name, value, d)
+                bound.arguments[name] = shrink(name, value, d, full)
         return bound.args, bound.kwargs
 
     @functools.wraps(loss_fn)  # keeps loss_fn's signature, so matryoshka(matryoshka(f, ...), ...) works

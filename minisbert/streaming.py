@@ -87,9 +87,9 @@ def encode_file(model, path, out_path, *, batch_size: int = 32, chunk_size: int 
     n = count_lines(path)
     if n == 0:
         raise ValueError(f"{path}: the file is empty; expected one text per line")
-    width = truncate_dim if truncate_dim is not None else model.embedding_dim
-    if not 0 < width <= model.embedding_dim:
-        raise ValueError(f"truncate_dim must be in 1..{model.embedding_dim}, got {truncate_dim}")
+    if truncate_dim is not None and truncate_dim < 1:
+        raise ValueError(f"truncate_dim must be >= 1, got {truncate_dim}")
+    width = min(truncate_dim or model.embedding_dim, model.embedding_dim)  # wider than the model: no cut, as encode
     model.resolve_prompt(prompt, prompt_name)  # an unknown prompt_name fails before anything is written
 
     out_path.parent.mkdir(parents=True, exist_ok=True)

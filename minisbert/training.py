@@ -8,6 +8,7 @@
     training state     optimizer, step, sampler position, RNG states, the log: one file beside the
                        model in every checkpoint, loaded with torch.load(weights_only=True)
     checkpoints        atomic write, `latest`, rotation that never deletes the best
+    output_dir lock    one run at a time per output_dir: a lock file with the pid, stale locks taken over
     best model         metric_for_best_model, validated against the keys the evaluators return
     log                log.jsonl, one JSON object per logging step and per evaluation
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import random
 import re
 import shutil
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from . import losses
 from .adamw import AdamW
@@ -45,6 +48,11 @@ class NonFiniteLoss(RuntimeError):
 class SaveError(OSError):
     """A checkpoint or model folder could not be written (disk full, permissions); the message names the
     folder and the last complete checkpoint, which the failed save left untouched."""
+
+
+# What a failed write raises: OSError from Python's files, SafetensorError from safetensors (a full disk
+# while writing model.safetensors is "Error while serializing: I/O error: No space left on device").
+WRITE_ERRORS = (OSError, SafetensorError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,19 +317,32 @@ def save_checkpoint(output_dir: Path, step: int, model, state: dict) -> Path:
             model.save_pretrained(tmp)
             if os.environ.get(KILL_DURING_SAVE) == str(step):
                 os.kill(os.getpid(), signal.SIGKILL)
-            torch.save(state, tmp / STATE_FILE)
-    except OSError as e:  # disk full, quota, permissions: atomic_dir has removed the partial folder
+            save_state(state, tmp / STATE_FILE)
+    except WRITE_ERRORS as e:  # disk full, quota, permissions: atomic_dir has removed the partial folder
         raise SaveError(save_failed(target, e, output_dir)) from e
     return target
 
 
-def save_failed(target: Path, error: OSError, output_dir: Path) -> str:
+def save_state(state: dict, path: Path) -> None:
+    """torch.save into `path`; a failed write (a full disk) raises its OSError, not the RuntimeError
+    ("unexpected pos ...") torch's zip writer makes of it."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(state, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
+
+
+def save_failed(target: Path, error: Exception, output_dir: Path) -> str:
     """The message for a save that failed with `error`: what, why, and where the run can continue from."""
     found = checkpoints(output_dir)
     last = f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was saved before"
-    why = f"{error.strerror} (errno {error.errno})" if error.strerror else str(error)
+    why = f"{error.strerror} (errno {error.errno})" if getattr(error, "strerror", None) else str(error)
+    then = "continue with --resume latest" if found else "run again"
     return (f"could not write {target}: {why}. Nothing was half-written: {last}; free space (or fix the "
-            f"permissions) and continue with --resume latest")
+            f"permissions) and {then}")
 
 
 def load_state(folder: Path) -> dict:
@@ -441,12 +462,109 @@ class RunLog:
     def __init__(self, path: Path, records: list[dict] | None = None):
         self.path = Path(path)
         self.records = list(records or [])
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+        write_run_file(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict) -> None:
         self.records.append(record)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        write_run_file(self.path, json.dumps(record) + "\n", append=True)
+
+
+def write_run_file(path: Path, text: str, append: bool = False) -> None:
+    """Write (or append to) train_config.json or log.jsonl; a failed write (a full disk) is a SaveError
+    naming the file and the last complete checkpoint. The records also travel in each checkpoint's state,
+    so a resumed run rewrites log.jsonl whole."""
+    try:
+        with open(path, "a" if append else "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise SaveError(save_failed(path, e, path.parent)) from e
+
+
+# ----------------------------------------------------------------------------------------------
+# output_dir lock: one run at a time
+#
+# output_dir/.lock holds {"pid", "host"} of the run writing there, under an advisory flock: the kernel
+# drops the flock when its process dies, so a lock file left by a killed run is stale and taken over.
+
+LOCK_FILE = ".lock"
+
+
+def output_dir_holder(output_dir: Path) -> str | None:
+    """Who holds output_dir's lock ("pid 123 on host"), or None when nobody (no file, or a stale one)."""
+    lock = OutputDirLock(output_dir)
+    if not lock.path.is_file():
+        return None
+    try:
+        if lock.acquire(create=False):
+            lock.release(remove=False)  # only looking: a stale file stays for the run that takes it
+            return None
+    except OSError:
+        return None
+    return lock.holder()
+
+
+class OutputDirLock:
+    """`with OutputDirLock(output_dir):` holds output_dir for this process, or raises ConfigError naming
+    the run (pid, host) that holds it. Systems without fcntl (Windows) run unlocked."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / LOCK_FILE
+        self.fd = None
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on {info['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def acquire(self, create: bool = True) -> bool:
+        """Take the flock; False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        while True:
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:  # the holder may have removed the file between our open and our flock: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return True
+            os.close(fd)
+            if not create:
+                return True
+
+    def release(self, remove: bool = True) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)  # before the unlock: nobody can lock a file that is about to vanish
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self):
+        if not self.acquire():
+            raise ConfigError(f"--output_dir {self.output_dir} is in use by another run ({self.holder()}); wait for it "
+                              "to finish, or pick another --output_dir")
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+                os.write(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+            except OSError:  # a full disk: the flock still holds, a second run just cannot name us
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def format_record(record: dict, total_steps: int) -> str:

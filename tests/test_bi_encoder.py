@@ -255,14 +255,12 @@ def _env():
 
 def test_bad_texts_get_clear_errors(tiny_model_dirs):
     model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
-    with pytest.raises(ValueError, match="empty list"):
-        model.encode([])
     with pytest.raises(TypeError, match=r"texts\[1\] is int"):
         model.encode(["ok", 3])
     with pytest.raises(TypeError, match=r"texts\[0\] is NoneType"):
         model.encode([None])
     with pytest.raises(ValueError, match="truncate_dim"):
-        model.encode(["a"], truncate_dim=1000)
+        model.encode(["a"], truncate_dim=0)
     with pytest.raises(ValueError, match="prompt_name 'query'"):
         model.encode(["a"], prompt_name="query")
 
