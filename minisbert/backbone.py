@@ -49,7 +49,8 @@ def quiet_transformers():
 def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=None, native: bool = False, **kwargs):
     """transformers' `auto_class` ("AutoModel", ...) `.from_pretrained(folder)` with the weights checked first
     and errors made readable. `native`: a BERT-family encoder comes from bert.py instead (the same network
-    and parameters, without importing transformers' modeling code), where bert.load reproduces it."""
+    and parameters, without importing transformers' modeling code), where bert.load reproduces it, and a
+    ModernBERT encoder or classifier from modernbert.py (the same network, run on real tokens only)."""
     if not (folder / "config.json").exists():
         raise ModelLoadError(f"{folder} has no config.json: it is not a transformers model folder")
     sharded = sorted(folder.glob("*.safetensors.index.json"))
@@ -60,9 +61,11 @@ def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=No
         files = weight_files(folder, allow_pickle)  # refuses pickle-only folders unless allowed
         allow_pickle = allow_pickle and files[0].suffix == ".bin"
     if native:
-        from . import bert
+        from . import bert, modernbert
 
-        model = bert.load(folder)
+        model = bert.load(folder) if auto_class == "AutoModel" else None
+        if model is None:
+            model = modernbert.load(folder, auto_class, kwargs.get("config_kwargs"))
         if model is not None:
             return model.to(dtype) if dtype is not None else model
     import transformers
