@@ -58,9 +58,11 @@ class CrossEncoder(nn.Module):
     @classmethod
     def from_pretrained(
         cls, name_or_path, *, num_labels: int | None = None, max_length: int | None = None,
-        activation_fn: str | None = None, device=None, dtype=None, allow_pickle: bool = False,
+        activation_fn: str | None = None, device=None, dtype=None, allow_pickle: bool = False, native: bool = True,
     ) -> "CrossEncoder":
-        """Load an ST cross-encoder folder of any generation, or a backbone with a new head (num_labels=1)."""
+        """Load an ST cross-encoder folder of any generation, or a backbone with a new head (num_labels=1).
+        A ModernBERT classifier is built by minisbert.modernbert (the same network and parameter names, run
+        on real tokens only); `native=False` loads every model with transformers."""
         from transformers import AutoConfig
 
         folder = ckpt.resolve_model_dir(name_or_path)
@@ -78,7 +80,7 @@ class CrossEncoder(nn.Module):
         if not is_classifier or num_labels is not None:
             kwargs["num_labels"] = num_labels or 1
         model = load_backbone(root, "AutoModelForSequenceClassification", allow_pickle=allow_pickle, dtype=dtype,
-                              config_kwargs=kwargs)
+                              native=native, config_kwargs=kwargs)
         tokenizer = load_tokenizer(root)
         saved_len = (ckpt.read_json(root / "sentence_bert_config.json", {}) or {}).get("max_seq_length") if not is_classifier else None
         ce = cls(
