@@ -86,6 +86,18 @@ def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=No
     return model.to(dtype) if dtype is not None else model
 
 
+def set_checkpointing(model, enable: bool, kwargs: dict | None = None) -> None:
+    """Gradient (activation) checkpointing on or off for a backbone: bert.py's and modernbert.py's flag, or
+    transformers' own (under its 5.x name, activation_checkpointing_*, where it has it; non-reentrant by
+    default). packing.encode_packed reads the same flags and recomputes its layers on the packed tokens."""
+    kwargs = {"use_reentrant": False} if kwargs is None else kwargs
+    if enable:
+        on = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        on(kwargs)
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
 def load_tokenizer(folder: Path, *, do_lower_case: bool = False, native: bool = False):
     """The folder's tokenizer. `native`: tokenizer.Tokenizer where it equals transformers' (a BERT
     WordPiece tokenizer, read without importing transformers), else AutoTokenizer's."""

@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from . import packing
 from .backbone import (
     Truncation, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
-    quiet_transformers,
+    quiet_transformers, set_checkpointing,
 )
 from .bi_encoder import activation_from_path
 from .tokenizer import encode
@@ -100,6 +100,17 @@ class CrossEncoder(nn.Module):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ training path
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each backbone layer's activations in backward instead of keeping them (as
+        BiEncoder.gradient_checkpointing_enable)."""
+        set_checkpointing(self.model, True, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        set_checkpointing(self.model, False)
+
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
 
     def tokenize(self, pairs, truncation: Truncation | None = None) -> dict:
         """(query, document) pairs -> {"input_ids" (B, L), "attention_mask" (B, L), ...}."""
