@@ -132,22 +132,27 @@ class Attention(nn.Module):
         (n, 1, 1, L) True where a query may attend a key, None for a bucket without padding or window."""
         h, d = self.num_heads, self.head_dim
         qkv = _dense(x, self.Wqkv, fast).view(-1, 3, h, d)  # (T', 3, h, d)
-        cos, sin = rope  # (T', d) each, in x's dtype as transformers casts them
-        # transformers' apply_rotary_pos_emb: rotate in float32, cast back.
+        # transformers' apply_rotary_pos_emb, q cos + rotate_half(q) sin in float32, written per half:
+        # [x1 c - x2 s, x2 c + x1 s] (the same floats: cos and sin repeat over the two halves).
+        cos, sin = (t[:, None, None] for t in rope)  # (T', 1, 1, d/2)
         qk = qkv[:, :2].float()  # (T', 2, h, d)
-        qk = qk * cos[:, None, None] + torch.cat([-qk[..., d // 2:], qk[..., :d // 2]], -1) * sin[:, None, None]
-        qkv = torch.cat([qk.to(qkv.dtype), qkv[:, 2:]], 1).view(qkv.shape[0], 3 * h * d)  # (T', 3H)
-        del qk
+        x1, x2 = qk[..., :d // 2], qk[..., d // 2:]
+        qk = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(qkv.dtype)  # (T', 2, h, d)
+        del x1, x2
+        v = qkv[:, 2]  # (T', h, d)
         dropout = self.attention_dropout if self.training else 0.0
         outs, token = [], 0
         for (n, L, index, _), mask in zip(p.buckets, masks):
             t = index.shape[0]
-            part = qkv[token:token + t]  # (T_g, 3H)
+            part_qk, part_v = qk[token:token + t], v[token:token + t]  # (T_g, 2, h, d), (T_g, h, d)
             token += t
             full = t == n * L
-            padded = part if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part)  # (n L, 3H)
-            q, k, v = padded.view(n, L, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (n, h, L, d)
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scaling)  # (n, h, L, d)
+            if not full:  # the bucket's rows padded to L
+                part_qk = part_qk.new_zeros(n * L, 2, h, d).index_copy_(0, index, part_qk)  # (n L, 2, h, d)
+                part_v = part_v.new_zeros(n * L, h, d).index_copy_(0, index, part_v)  # (n L, h, d)
+            q, k = part_qk.view(n, L, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (n, h, L, d)
+            ctx = F.scaled_dot_product_attention(q, k, part_v.view(n, L, h, d).transpose(1, 2), attn_mask=mask,
+                                                 dropout_p=dropout, scale=self.scaling)  # (n, h, L, d)
             ctx = ctx.transpose(1, 2).reshape(n * L, h * d)  # (n L, H)
             outs.append(ctx if full else ctx.index_select(0, index))  # (T_g, H)
         if p.fillers:
@@ -199,10 +204,11 @@ class Rotary(nn.Module):
             self.register_buffer(f"{t}_inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: Tensor, layer_type: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos and sin of each token's angles, (T', d/2) each in float32, rounded to `dtype` first as
+        transformers casts them to the hidden states' dtype (its (T', d) tables repeat these twice)."""
         inv_freq = getattr(self, f"{layer_type}_inv_freq")
         freqs = positions[:, None].float() * inv_freq.to(positions.device)[None, :]  # (T', d/2)
-        emb = torch.cat([freqs, freqs], -1)  # (T', d)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return freqs.cos().to(dtype).float(), freqs.sin().to(dtype).float()
 
 
 class ModernBertEncoder(nn.Module):
