@@ -130,6 +130,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = arg(1, "batches per optimizer step (does not add in-batch negatives)")
     max_grad_norm: float = arg(1.0, "clip the gradient norm to this (0: no clipping)")
     dtype: str = arg("fp32", "fp32 | bf16 (autocast; weights and losses stay fp32)")
+    gradient_checkpointing: bool = arg(False, "recompute each backbone layer in backward instead of keeping its activations: "
+                                              "much less memory for big models and long inputs, ~1/3 more compute per step")
     tf32: bool = arg(False, "allow TF32 matmuls on CUDA")
     device: str | None = arg(None, "cpu | cuda | cuda:N (default: cuda when available; under torchrun each process takes cuda:LOCAL_RANK)")
     ddp_timeout: int = arg(1800, "multi-process runs: seconds a process waits for the others (e.g. for rank 0's evaluation) before failing")
@@ -457,6 +459,8 @@ def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
     model = load(resume_dir or base_model)
     if is_cross and model.num_labels != 1:
         raise ConfigError(f"--model {base_model} is a cross-encoder with {model.num_labels} labels; bce and listwise train one logit")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     guide = BiEncoder.from_pretrained(cfg.guide_model, device=device).requires_grad_(False) if cfg.guide_model else None
     dims = None
     if not is_cross and any(s["loss"] == "matryoshka" for s in specs):

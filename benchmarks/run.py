@@ -21,6 +21,10 @@ minisbert / ST. Workloads (names for --workload):
     retrieval   SciFact test retrieval evaluation (300 queries, 5,183 abstracts)
     cold        import time; launch of a training run to the end of its first step
     quality     one epoch of MNRL with train.py and with ST's trainer: STS-B test Spearman (quality.py)
+    backbones   ModernBERT-base and XLM-R large (bge-m3), random weights from benchmarks/configs/:
+                encode, an MNRL step, cached MNRL peak memory at batch 32 / 256, a ModernBERT BCE
+                reranker step, gradient checkpointing on XLM-R large (bench_backbones.py; not in the
+                default set: ~25 min on 2 cores, run it alone with --workload backbones)
 
 ST's trainer (cold start, quality) needs sentence-transformers[train] (datasets, accelerate); without
 them those rows say so. The "kernels" column names what minisbert ran each row with (minisbert/kernels.py:
@@ -41,7 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-WORKLOADS = ("encode", "train", "matryoshka", "cached", "cross", "retrieval", "cold", "quality")
+WORKLOADS = ("encode", "train", "matryoshka", "cached", "cross", "retrieval", "cold", "quality", "backbones")
+DEFAULT_WORKLOADS = WORKLOADS[:-1]  # backbones builds and trains 150M and 568M-parameter models: asked for by name
 TRAINING = ("2 train", "3 matryoshka", "4 cached", "quality")  # workloads whose rows run an optimizer
 
 
@@ -339,8 +344,100 @@ def run_quality(t: Table, a):
     return r
 
 
+# The settings of each backbone's rows (full run, --quick smoke run): texts, lengths, batches, repeats.
+BACKBONES = {
+    "modernbert-base": {
+        "label": "ModernBERT-base (22 x 768)",
+        "encode": dict(data="nli", n=512, max_length=75, batch_size=32, repeats=3),
+        "train": dict(data="nli", batch_size=32, max_length=75, repeats=3),
+        "cached": dict(data="nli", max_length=75, mini_batch_size=32, batches=(32, 256)),
+        "cross": dict(batch_size=16, max_length=512, repeats=2),
+    },
+    "bge-m3": {
+        "label": "XLM-R large / bge-m3 (24 x 1024)",
+        "encode": dict(data="scifact", n=16, max_length=1024, batch_size=8, repeats=2),
+        "train": dict(data="scifact", batch_size=4, max_length=1024, repeats=2),
+        "cached": dict(data="nli", max_length=75, mini_batch_size=8, batches=(32, 256)),
+        "checkpointing": dict(data="scifact", batch_size=8, max_length=512),
+    },
+}
+QUICK = {"encode": dict(n=16, repeats=1), "train": dict(batch_size=4, repeats=1), "cross": dict(batch_size=4, max_length=128, repeats=1),
+         "cached": dict(mini_batch_size=4, batches=(8, 16)), "checkpointing": dict(batch_size=2, max_length=128)}
+
+
+def run_backbones(t: Table, a):
+    import bench_backbones as b
+
+    out = {}
+    dtypes = ["fp32"] + (["bf16"] if b.native_bf16() else [])
+    for model, spec in BACKBONES.items():
+        q = dict(model=model, quick=a.quick)
+        cfg = {k: v | (QUICK.get(k, {}) if a.quick else {}) for k, v in spec.items() if k != "label"}
+        label, r = spec["label"] + (" [--quick: 2 layers]" if a.quick else ""), {}
+        def work(func, kw, memory=False):
+            return common.worker("bench_backbones", func, q | kw, threads=a.threads, memory=memory)
+
+        e = cfg["encode"]
+        r["encode"] = enc = work("time_encode", e | {"repeats": a.repeats or e["repeats"], "dtypes": dtypes})
+        s, ck = enc["seconds"], enc["checks"]
+        what = f"{e['n']} {'NLI anchors' if e['data'] == 'nli' else 'SciFact abstracts'}, max length {e['max_length']}, batch {e['batch_size']}"
+        t.add("backbones", f"{label}: encode {what}, fp32", e["n"] / s["st_fp32"], e["n"] / s["minisbert_fp32"], "texts/s",
+              higher_is_better=True, target=">= 1.2x, diff <= 1e-5", ok=lambda x: x >= 1.2 and ck["max_abs_diff_fp32"] <= 1e-5,
+              note=f"max abs diff {ck['max_abs_diff_fp32']:.1e}; {enc['real_tokens']} real tokens")
+        if "bf16" in dtypes:
+            t.add("backbones", f"{label}: encode, bf16 autocast (both)", e["n"] / s["st_bf16"], e["n"] / s["minisbert_bf16"],
+                  "texts/s", higher_is_better=True,
+                  note=f"min cosine minisbert bf16 to ST fp32 {ck['minisbert_bf16_min_cosine_to_st_fp32']:.4f}")
+        tr = cfg["train"]
+        kw = {k: v for k, v in tr.items() if k != "repeats"} | {"repeats": a.repeats or tr["repeats"]}
+        if model == "bge-m3" and not a.quick:  # two 568M models with AdamW state do not fit one process next to each other
+            parts = [work("time_train", kw | {"libs": [lib]}) for lib in ("st", "minisbert")]
+            r["train"] = {"seconds": parts[0]["seconds"] | parts[1]["seconds"], "parts": parts}
+            where = "each library in its own process"
+        else:
+            r["train"] = work("time_train", kw)
+            where = "alternated in one process"
+        s = r["train"]["seconds"]
+        t.add("backbones", f"{label}: MNRL step, batch {tr['batch_size']}, max length {tr['max_length']} ({tr['data']}), fp32",
+              tr["batch_size"] / s["st"], tr["batch_size"] / s["minisbert"], "samples/s", higher_is_better=True,
+              target=">= 1.3x", ok=lambda x: x >= 1.3, note=where)
+        c = cfg["cached"]
+        for bs in c["batches"]:
+            mem = {lib: work("mem_train", {"lib": lib, "loss": "cached_mnrl", "batch_size": bs, "data": c["data"],
+                                                     "max_length": c["max_length"], "mini_batch_size": c["mini_batch_size"]},
+                             memory=True) for lib in ("st", "minisbert")}
+            r[f"cached_{bs}"] = mem
+            t.add("backbones", f"{label}: cached MNRL peak memory, batch {bs}, mini-batch {c['mini_batch_size']}",
+                  mem["st"]["peak_mib"], mem["minisbert"]["peak_mib"], "MiB", ratio_kind="share", target="<= ST",
+                  ok=lambda x: x <= 1.0, note=f"that step: ST {mem['st']['seconds']:.1f} s / minisbert {mem['minisbert']['seconds']:.1f} s")
+        if "cross" in cfg:
+            x = cfg["cross"]
+            kw = {k: v for k, v in x.items() if k != "repeats"} | {"repeats": a.repeats or x["repeats"], "cross": True}
+            r["cross"] = cr = work("time_train", kw)
+            t.add("backbones", f"{label}: BCE reranker step, batch {x['batch_size']}, max length {x['max_length']}, fp32",
+                  1 / cr["seconds"]["st"], 1 / cr["seconds"]["minisbert"], "steps/s", higher_is_better=True,
+                  target=">= 1.3x", ok=lambda v: v >= 1.3)
+        if "checkpointing" in cfg:
+            g = cfg["checkpointing"]
+            # ST without checkpointing is left out: its padded activations (attention probabilities and their
+            # dropout masks included) next to 568M weights and AdamW state come to ~21 GiB at these sizes.
+            runs = {(lib, on): work("mem_train", {"lib": lib, "checkpointing": on} | g, memory=True)
+                    for lib, on in (("minisbert", False), ("minisbert", True), ("st", True))}
+            r["checkpointing"] = {f"{lib}_{on}": v for (lib, on), v in runs.items()}
+            off, on, st_on = runs[("minisbert", False)], runs[("minisbert", True)], runs[("st", True)]
+            t.add("backbones", f"{label}: gradient checkpointing, MNRL batch {g['batch_size']} (claim, abstract) x "
+                  f"{g['max_length']} tokens: peak memory off / on (minisbert)", off["peak_mib"], on["peak_mib"], "MiB",
+                  ratio_kind="share", target="<= 0.5x", ok=lambda v: v <= 0.5, note="ratio = on / off")
+            t.add("backbones", "  same: step time off / on (minisbert)", off["seconds"], on["seconds"], "s", ratio_kind="share",
+                  target="<= 1.4x", ok=lambda v: v <= 1.4, note="ratio = on / off; one step each")
+            t.add("backbones", "  checkpointed step, ST vs minisbert", st_on["seconds"], on["seconds"], "s",
+                  st_mem=st_on["peak_mib"], mini_mem=on["peak_mib"], target="memory <= ST", ok=on["peak_mib"] <= st_on["peak_mib"])
+        out[model] = r
+    return out
+
+
 RUNNERS = {"encode": run_encode, "train": run_train, "matryoshka": run_matryoshka, "cached": run_cached, "cross": run_cross,
-           "retrieval": run_retrieval, "cold": run_cold, "quality": run_quality}
+           "retrieval": run_retrieval, "cold": run_cold, "quality": run_quality, "backbones": run_backbones}
 
 
 def main(argv=None) -> int:
@@ -352,7 +449,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every figure (and all repeats) here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
     a = parser.parse_args(argv)
-    workloads = a.workload or list(WORKLOADS)
+    workloads = a.workload or list(DEFAULT_WORKLOADS)
     info = machine() | {"threads": a.threads, "command": " ".join(["python", "benchmarks/run.py"] + (argv or sys.argv[1:])),
                         "quick": a.quick}
     print(f"# minisbert vs sentence-transformers -- {info['date']}, {info['cpu']} ({info['cores']} cores, "

@@ -36,6 +36,8 @@ def main(argv=None) -> dict:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--num_train_epochs", type=int, default=1)
     p.add_argument("--dtype", default="bf16", help="bf16 | fp32")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="recompute each layer in backward: "
+                   "less memory for big backbones and long inputs (train.py's flag)")
     args = p.parse_args(argv)
     out = common.start(args)
     args.mining_model = args.mining_model or common.default_model()
@@ -75,6 +77,7 @@ def main(argv=None) -> dict:
         "num_train_epochs": args.num_train_epochs, "max_steps": args.max_steps, "learning_rate": 2e-5,
         "warmup_ratio": 0.1, "dtype": args.dtype, "seed": args.seed, "eval_data": [f"trecqa-test={test}"],
         "save_steps": 0, "logging_steps": 10, "output_dir": str(out / "train"), "disable_tqdm": True,
+        "gradient_checkpointing": args.gradient_checkpointing,
     }, out / "train.json")
 
     # ---------------------------------------------------------------- the first stage's own ranking, for comparison

@@ -33,6 +33,8 @@ def main(argv=None) -> dict:
     p.add_argument("--nli_learning_rate", type=float, default=2e-5)
     p.add_argument("--probe_rows", type=int, default=0, help="triplet rows per split for the evaluations (0: all)")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16")
+    p.add_argument("--gradient_checkpointing", action="store_true", help="recompute each layer in backward: "
+                   "less memory for big backbones and long inputs (train.py's flag)")
     args = p.parse_args(argv)
     out = common.start(args)
     nli = args.data_dir / "nli-triplets"
@@ -51,7 +53,8 @@ def main(argv=None) -> dict:
                                common.sample(common.read_jsonl(nli / f"{split}.jsonl"), args.probe_rows, args.seed))
 
     common_fields = {"seed": args.seed, "dtype": args.dtype, "max_steps": args.max_steps, "eval_data": [],
-                     "save_steps": 0, "logging_steps": 5, "disable_tqdm": True}
+                     "save_steps": 0, "logging_steps": 5, "disable_tqdm": True,
+                     "gradient_checkpointing": args.gradient_checkpointing}
     # ---------------------------------------------------------------- stage 1: unsupervised SimCSE
     # One text column + an MNRL loss = SimCSE: the batch is embedded twice, the two dropout masks
     # make the positive pair, the other rows are the negatives; scale 20 = SimCSE's temperature 0.05.

@@ -49,7 +49,8 @@ def quiet_transformers():
 def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=None, native: bool = False, **kwargs):
     """transformers' `auto_class` ("AutoModel", ...) `.from_pretrained(folder)` with the weights checked first
     and errors made readable. `native`: a BERT-family encoder comes from bert.py instead (the same network
-    and parameters, without importing transformers' modeling code), where bert.load reproduces it."""
+    and parameters, without importing transformers' modeling code), where bert.load reproduces it, and a
+    ModernBERT encoder or classifier from modernbert.py (the same network, run on real tokens only)."""
     check_config(folder)
     sharded = sorted(folder.glob("*.safetensors.index.json"))
     if sharded:
@@ -59,9 +60,11 @@ def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=No
         files = weight_files(folder, allow_pickle)  # refuses pickle-only folders unless allowed
         allow_pickle = allow_pickle and files[0].suffix == ".bin"
     if native:
-        from . import bert
+        from . import bert, modernbert
 
-        model = bert.load(folder)
+        model = bert.load(folder) if auto_class == "AutoModel" else None
+        if model is None:
+            model = modernbert.load(folder, auto_class, kwargs.get("config_kwargs"))
         if model is not None:
             return model.to(dtype) if dtype is not None else model
     import transformers
@@ -129,6 +132,18 @@ def check_loaded_weights(folder: Path, model, info: dict) -> None:
             f"{folder / 'config.json'} does not match the weights in {folder}: {'; '.join(found)}"
             + (f" (config.json says num_hidden_layers {layers})" if layers else "")
         )
+
+
+def set_checkpointing(model, enable: bool, kwargs: dict | None = None) -> None:
+    """Gradient (activation) checkpointing on or off for a backbone: bert.py's and modernbert.py's flag, or
+    transformers' own (under its 5.x name, activation_checkpointing_*, where it has it; non-reentrant by
+    default). packing.encode_packed reads the same flags and recomputes its layers on the packed tokens."""
+    kwargs = {"use_reentrant": False} if kwargs is None else kwargs
+    if enable:
+        on = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        on(kwargs)
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
 def load_tokenizer(folder: Path, *, do_lower_case: bool = False, native: bool = False):

@@ -239,8 +239,8 @@ class BertEncoder(nn.Module):
         self.encoder = Encoder(config)
         self.pooler = Pooler(config)
 
-    def gradient_checkpointing_enable(self, **_) -> None:
-        """Recompute each layer's activations in backward (the padded forward then runs: packing.supports)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Recompute each layer's activations in backward (packing.encode_packed does it on the packed tokens)."""
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:

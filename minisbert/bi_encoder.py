@@ -21,7 +21,7 @@ from . import packing
 from .collate import trim_padding
 from .backbone import (
     Truncation, logger, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
-    quiet_transformers,
+    quiet_transformers, set_checkpointing,
 )
 from .pooling import MODES, pool
 from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
@@ -209,6 +209,20 @@ class BiEncoder(nn.Module):
             special = set(self.tokenizer.all_special_ids)
             self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
         return self._prompt_lengths[prompt]
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each backbone layer's activations in backward instead of keeping them: less memory for
+        long inputs and big models, one more forward per step. The padding-free path (packing.py) and the
+        cached step keep working with it. `gradient_checkpointing_kwargs` go to torch.utils.checkpoint
+        (default: use_reentrant=False). sentence-transformers' and transformers' name; ST 6 and
+        transformers 5 also call it activation_checkpointing_enable."""
+        set_checkpointing(self.backbone, True, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        set_checkpointing(self.backbone, False)
+
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
 
     def tokenize(self, texts, prompt: str | None = None, truncation: Truncation | None = None) -> dict:
         """Texts -> {"input_ids" (B, L), "attention_mask" (B, L), ..., "prompt_length": int}, padded to the longest."""

@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from . import packing
 from .backbone import (
     Truncation, check_config, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
-    quiet_transformers,
+    quiet_transformers, set_checkpointing,
 )
 from .bi_encoder import activation_from_path
 from .tokenizer import encode
@@ -58,9 +58,11 @@ class CrossEncoder(nn.Module):
     @classmethod
     def from_pretrained(
         cls, name_or_path, *, num_labels: int | None = None, max_length: int | None = None,
-        activation_fn: str | None = None, device=None, dtype=None, allow_pickle: bool = False,
+        activation_fn: str | None = None, device=None, dtype=None, allow_pickle: bool = False, native: bool = True,
     ) -> "CrossEncoder":
-        """Load an ST cross-encoder folder of any generation, or a backbone with a new head (num_labels=1)."""
+        """Load an ST cross-encoder folder of any generation, or a backbone with a new head (num_labels=1).
+        A ModernBERT classifier is built by minisbert.modernbert (the same network and parameter names, run
+        on real tokens only); `native=False` loads every model with transformers."""
         from transformers import AutoConfig
 
         folder = ckpt.resolve_model_dir(name_or_path)
@@ -74,7 +76,7 @@ class CrossEncoder(nn.Module):
         if not is_classifier or num_labels is not None:
             kwargs["num_labels"] = num_labels or 1
         model = load_backbone(root, "AutoModelForSequenceClassification", allow_pickle=allow_pickle, dtype=dtype,
-                              config_kwargs=kwargs)
+                              native=native, config_kwargs=kwargs)
         tokenizer = load_tokenizer(root)
         saved_len = (ckpt.read_json(root / "sentence_bert_config.json", {}) or {}).get("max_seq_length") if not is_classifier else None
         ce = cls(
@@ -94,6 +96,17 @@ class CrossEncoder(nn.Module):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ training path
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each backbone layer's activations in backward instead of keeping them (as
+        BiEncoder.gradient_checkpointing_enable)."""
+        set_checkpointing(self.model, True, gradient_checkpointing_kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        set_checkpointing(self.model, False)
+
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
 
     def tokenize(self, pairs, truncation: Truncation | None = None) -> dict:
         """(query, document) pairs -> {"input_ids" (B, L), "attention_mask" (B, L), ...}."""

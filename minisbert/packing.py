@@ -110,23 +110,21 @@ def supports(backbone) -> bool:
     """True when `encode_packed` computes exactly what `backbone.forward` does (dropout draws aside).
 
     Besides the architecture, every linear layer of the encoder must be a plain nn.Linear without hooks
-    (the packed path reads their weights directly, which would bypass e.g. a LoRA wrapper) and gradient
-    checkpointing must be off; anything else goes through the backbone's own forward.
+    (the packed path reads their weights directly, which would bypass e.g. a LoRA wrapper); anything else
+    goes through the backbone's own forward. Gradient checkpointing is done here too (`encode_packed`).
     """
     config = getattr(backbone, "config", None)
     if not ENABLED or config is None or getattr(config, "model_type", None) not in POSITIONS:
         return False
     if getattr(config, "is_decoder", False) or getattr(config, "position_embedding_type", "absolute") != "absolute":
         return False
-    if not (hasattr(backbone, "embeddings") and hasattr(backbone, "encoder")) or getattr(backbone, "gradient_checkpointing", False):
+    if not (hasattr(backbone, "embeddings") and hasattr(backbone, "encoder")):
         return False
     for layer in backbone.encoder.layer:
         att = layer.attention.self
         for lin in (att.query, att.key, att.value, layer.attention.output.dense, layer.intermediate.dense, layer.output.dense):
             if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
                 return False
-        if getattr(layer, "gradient_checkpointing", False):
-            return False
     return True
 
 
@@ -486,8 +484,18 @@ def encode_packed(backbone, p: Packed) -> Tensor:
     x = emb.dropout(emb.LayerNorm(x))
     fast = _inference_dtype(x)
     exact_gelu = backbone.config.hidden_act == "gelu"  # transformers' "gelu" is the exact (erf) GELU
+    training = backbone.training and torch.is_grad_enabled()
     for layer in backbone.encoder.layer:
-        x = _layer(layer, x, p, layer.attention.self.dropout.p if backbone.training else 0.0, fast, exact_gelu)
+        args = (layer, x, p, layer.attention.self.dropout.p if backbone.training else 0.0, fast, exact_gelu)
+        # Gradient checkpointing (a transformers layer's own flag, else bert.py's model-wide one): keep only the
+        # layer's input and recompute the layer on the packed tokens in backward (the RNG state is replayed,
+        # so dropout draws the same masks).
+        if training and getattr(layer, "gradient_checkpointing", getattr(backbone, "gradient_checkpointing", False)):
+            from torch.utils.checkpoint import checkpoint
+
+            x = checkpoint(_layer, *args, use_reentrant=False)
+        else:
+            x = _layer(*args)
     return x
 
 

@@ -7,7 +7,7 @@
                      the cached step under DDP equals the plain step and all-reduces once per step
     train.py         torchrun, 2 processes: the weights after 3 optimizer steps equal those of one
                      process with the same --batch_size (the global batch) within REL / ATOL / TIGHT
-                     below, for mnrl and cached_mnrl; rank 0 alone writes clean ST folders, evaluates and keeps the best
+                     below, for mnrl and cached_mnrl (also with --gradient_checkpointing); rank 0 alone writes clean ST folders, evaluates and keeps the best
                      checkpoint as one process does; resume with 2 processes is bitwise exact; resume
                      with another number of processes is refused
     kill             SIGKILL of rank 1 mid-run: torchrun exits non-zero within 120 s, naming rank 1
@@ -335,6 +335,7 @@ def runs(model_dir, tmp_path_factory):
         _flags(model_dir, cached_data, root / "cached-2", *cached),
         _flags(model_dir, cached_data, root / "cached-2-resumed", *cached, "--resume", root / "cached-2" / "checkpoint-1"),
         _flags(model_dir, mnrl_data, root / "evaluated-2", *evaluated),
+        _flags(model_dir, cached_data, root / "cached-2-checkpointed", *cached, "--gradient_checkpointing"),
     ]
     proc = _torchrun_each(two, root / "torchrun.log")
     try:
@@ -388,6 +389,11 @@ def test_two_processes_train_like_one_process_with_the_global_batch(loss, runs, 
     expected = {"mnrl": [8, 8, 5], "cached": [8, 8, 8, 8, 1]}[loss]
     assert [len(b) for b in batches] == expected  # the uneven and the stand-in shares are exercised
     _assert_same_training(runs["root"] / f"{loss}-1", runs["root"] / f"{loss}-2", model_dir)
+
+
+def test_gradient_checkpointing_under_ddp_trains_like_one_process_without_it(runs, model_dir):
+    """DDP (find_unused_parameters) + the cached step + layers recomputed on the packed tokens in backward."""
+    _assert_same_training(runs["root"] / "cached-1", runs["root"] / "cached-2-checkpointed", model_dir)
 
 
 def test_rank0_alone_writes_clean_st_folders_and_per_process_state(runs):

@@ -453,3 +453,52 @@ def test_training_matmuls_take_onednn_in_float32_only(tiny_model_dirs, monkeypat
         out = model(features)
     out.float().sum().backward()
     assert calls == []
+
+
+def _step_grads(model, columns, step):
+    """Parameter gradients of one training step, from torch seed 0 (so dropout draws the same masks)."""
+    model.zero_grad()
+    torch.manual_seed(0)
+    step(model, columns)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _mnrl_step(model, columns):
+    from minisbert import losses
+
+    losses.mnrl(*model(columns)).backward()
+
+
+def _cached_step(model, columns):
+    from minisbert import gradcache, losses
+
+    gradcache.cached_step(model, columns, lambda embeddings, labels: losses.mnrl(*embeddings), 3)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("step", [_mnrl_step, _cached_step])
+def test_gradient_checkpointing_on_packed_tokens_same_gradients(tiny_model_dirs, monkeypatch, native, step):
+    """With checkpointing on, the packed path still runs (no fall back to the padded forward) and recomputes
+    every layer in backward; the gradients equal the step without it, dropout on (the recompute replays the
+    RNG state), for bert.py's BERT and transformers' BertModel (its per-layer flags), plain and cached step."""
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"], native=native).train()
+    columns = [model.tokenize(TEXTS[:6]), model.tokenize(TEXTS[2:8])]
+    layers = len(model.backbone.encoder.layer)
+    calls = []
+    real = packing._layer
+    monkeypatch.setattr(packing, "_layer", lambda *a: calls.append(torch.is_grad_enabled()) or real(*a))
+    plain = _step_grads(model, columns, step)
+    without = list(calls)  # grad enabled or not at each layer call: the cached step's first pass runs without
+    calls.clear()
+    model.gradient_checkpointing_enable()
+    assert packing.supports(model.backbone)
+    recomputed = _step_grads(model, columns, step)
+    # every layer call with grad happens twice (forward, recompute in backward); the no-grad ones once
+    assert calls.count(False) == without.count(False) and calls.count(True) == 2 * without.count(True) > 0
+    assert plain.keys() == recomputed.keys()
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], atol=1e-7, rtol=1e-6, msg=name)
+    model.gradient_checkpointing_disable()
+    calls.clear()
+    _step_grads(model, columns, step)
+    assert calls == without

@@ -163,6 +163,48 @@ def test_reranker(tiny_bert, tmp_path):
     np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def tiny_modernbert(tmp_path_factory) -> Path:
+    return tiny_models.build("modernbert", tmp_path_factory.mktemp("recipes") / "modernbert")
+
+
+def test_reranker_on_modernbert(tiny_bert, tiny_modernbert, tmp_path):
+    """Recipe 4 with the backbone it was designed for (ModernBERT; tiny here), built by minisbert.modernbert,
+    with --gradient_checkpointing: the trained reranker scores in sentence-transformers as in minisbert."""
+    st = pytest.importorskip("sentence_transformers")
+    import reranker
+    from minisbert import CrossEncoder
+    from minisbert.modernbert import ModernBertClassifier
+
+    out = tmp_path / "run"
+    table = reranker.main(smoke_args(tiny_modernbert, out, "--mining_model", tiny_bert, "--batch_size", 8, "--max_steps", 3,
+                                     "--gradient_checkpointing"))
+    assert set(table["trained CE"]) >= {"trecqa-test_map", "trecqa-test_ndcg@10"}
+    assert json.loads((out / "train" / "train_config.json").read_text())["gradient_checkpointing"] is True
+    assert_trained(out / "train")
+    ours = CrossEncoder.from_pretrained(out / "train" / "final", device="cpu")
+    assert isinstance(ours.model, ModernBertClassifier)
+    pairs = [(r["query"], r["passage"]) for r in common.read_jsonl(out / "data" / "trecqa-train-mined.jsonl")[:6]]
+    theirs = st.CrossEncoder(str(out / "train" / "final"), device="cpu").predict(pairs)
+    np.testing.assert_allclose(theirs, ours.predict(pairs), atol=1e-5, rtol=0)
+
+
+def test_two_stage_embedder_on_modernbert(tiny_modernbert, tmp_path):
+    """Recipe 1 as the mmBERT embedder runs it (SimCSE, then NLI MNRL) on a tiny ModernBERT, built by
+    minisbert.modernbert: the final model embeds in sentence-transformers as in minisbert."""
+    import two_stage_embedder
+    from minisbert import BiEncoder
+    from minisbert.modernbert import ModernBertEncoder
+
+    out = tmp_path / "run"
+    two_stage_embedder.main(smoke_args(tiny_modernbert, out, "--simcse_batch_size", 8, "--nli_batch_size", 8))
+    for stage in ("stage1-simcse", "stage2-nli"):
+        assert_trained(out / stage)
+    assert isinstance(BiEncoder.from_pretrained(out / "stage2-nli" / "final").backbone, ModernBertEncoder)
+    final = assert_st_bi_encoder_matches(out / "stage2-nli" / "final")
+    assert not np.allclose(final, embeddings(tiny_modernbert), atol=1e-6)
+
+
 def test_multitask(tiny_bert, tmp_path):
     import multitask
 

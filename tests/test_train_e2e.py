@@ -297,6 +297,29 @@ def test_prompts_multi_dataset_and_per_dataset_losses(models, data, tmp_path, mo
     assert again.datasets == spec and again.max_length == 128
 
 
+def test_gradient_checkpointing_trains_the_same_weights(models, data, tmp_path, monkeypatch):
+    """--gradient_checkpointing recomputes the packed layers in backward (dropout on: the RNG state is
+    replayed), so 3 steps, plain and cached, give the weights of the same run without it."""
+    from minisbert import packing
+
+    calls = []
+    real = packing._layer
+    monkeypatch.setattr(packing, "_layer", lambda *a: calls.append(torch.is_grad_enabled()) or real(*a))
+    for step in ({}, {"loss": "cached_mnrl", "mini_batch_size": 3}):
+        runs, with_grad = [], []
+        for flag in (False, True):
+            cfg = config(models, data, tmp_path / f"{bool(step)}-{flag}", max_steps=3, gradient_checkpointing=flag, **step)
+            calls.clear()
+            main(cfg)
+            with_grad.append(calls.count(True))
+            runs.append(weights(Path(cfg.output_dir) / "final"))
+        assert with_grad[1] == 2 * with_grad[0] > 0  # each packed layer with grad ran again in backward
+        assert runs[0].keys() == runs[1].keys()
+        for k in runs[0]:
+            torch.testing.assert_close(runs[1][k], runs[0][k], atol=1e-6, rtol=0, msg=k)
+    assert train.parse_args(["--gradient_checkpointing"]).gradient_checkpointing
+
+
 def test_trained_folders_load_in_sentence_transformers(models, data, tmp_path):
     st = pytest.importorskip("sentence_transformers")
     from minisbert import BiEncoder, CrossEncoder
