@@ -186,6 +186,24 @@ def test_bi_encoder_native_equals_transformers_backbone(tiny_model_dirs, minilm_
                                    atol=1e-5, rtol=1e-4)
 
 
+def test_packed_transformers_backbone_without_a_scaling_attribute(minilm_path):
+    """transformers 4's BERT attention has no `.scaling` (5.x's does): the packed path scales by 1/sqrt(d) then,
+    in inference and in training with dropout, and still equals transformers' own padded forward."""
+    hf = BiEncoder.from_pretrained(minilm_path, native=False)
+    features = hf.tokenize(TEXTS)
+    with torch.no_grad(), packing.disabled():
+        reference_embeddings = hf(features)  # transformers' own padded forward, whichever version
+    for module in hf.backbone.modules():
+        if "scaling" in vars(module):
+            del module.scaling  # as transformers 4 builds the attention
+    assert not any(hasattr(layer.attention.self, "scaling") for layer in hf.backbone.encoder.layer)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(features), reference_embeddings, atol=1e-5, rtol=1e-4)  # packed
+    hf.train()
+    hf(features).sum().backward()  # the dropout branch reads the scale too
+    assert all(p.grad is None or p.grad.isfinite().all() for p in hf.parameters())
+
+
 def test_bi_encoder_save_is_loaded_by_transformers_model(tiny_model_dirs, tmp_path):
     model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
     model.save_pretrained(tmp_path / "st")
