@@ -212,9 +212,9 @@ def _sides_from_tokenizer_json() -> bool:
     """Whether the installed transformers takes a padding / truncation side (and pad type id) that the config
     does not set from tokenizer.json's sections, as load() does: 4.x uses the file as saved, 5.3+ carries its
     sections through the rebuild (tokenization_utils_tokenizers.py, `_json_padding`); 5.0-5.2 drop them."""
-    from importlib.metadata import version  # not `import transformers`: that import is what this module avoids
+    from .backbone import transformers_version
 
-    major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    major, minor = transformers_version()
     return major < 5 or (major, minor) >= (5, 3)
 
 

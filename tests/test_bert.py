@@ -129,9 +129,21 @@ def test_head_checkpoints_and_legacy_names(tiny_model_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_dtype_follows_transformers_auto(tiny_model_dirs, tmp_path, dtype):
+def test_dtype_follows_the_installed_transformers(tiny_model_dirs, tmp_path, dtype):
     folder = variant(tiny_model_dirs["bert"], tmp_path / dtype, dtype=dtype)
-    assert next(bert.load(folder).parameters()).dtype == next(reference(folder).parameters()).dtype == getattr(torch, dtype)
+    expected = getattr(torch, dtype) if int(tf.__version__.split(".")[0]) >= 5 else torch.float32  # "auto" from 5.0
+    assert next(bert.load(folder).parameters()).dtype == next(reference(folder).parameters()).dtype == expected
+
+
+@pytest.mark.parametrize("version, expected", [("4.57.6", torch.float32), ("5.0.0", torch.float16)])
+def test_dtype_on_load_follows_transformers_4_and_5(tiny_model_dirs, tmp_path, monkeypatch, version, expected):
+    """The branch the installed transformers does not take: its version read as the other generation's."""
+    import importlib.metadata
+
+    folder = variant(tiny_model_dirs["bert"], tmp_path / "half", dtype="float16")
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version if name == "transformers" else real(name))
+    assert next(bert.load(folder).parameters()).dtype == expected
 
 
 def test_unreproduced_folders_go_to_transformers(tiny_model_dirs, tmp_path):
