@@ -192,8 +192,8 @@ class RngState:
 def _check_replayable(device_type: str) -> None:
     """Refuse, with the reason, an accelerator whose RNG state torch cannot save and restore per device:
     the replay would draw other dropout masks than the first pass. CUDA always can; another type needs
-    set_device_states to take its device type (torch 2.4's does not) and its module to select a device (`.device`,
-    which torch.mps lacks)."""
+    set_device_states to take its device type (torch 2.4's does not) and its module to select a device
+    (`.device`, which torch.mps lacks)."""
     if device_type == "cuda":
         return
     module = getattr(torch, device_type, None)
