@@ -363,6 +363,17 @@ class Task:
     text_ids: object = None  # (K, N) int64: equal texts have equal ids (--mask_duplicates), else None
 
 
+def allow_tf32() -> None:
+    """TF32 for CUDA float32 matmuls and convolutions: `fp32_precision` from torch 2.9 (which deprecates
+    `allow_tf32`), `allow_tf32` before it."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -414,8 +425,7 @@ def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
     if not world.main:
         say = lambda *args, **kwargs: None  # noqa: E731  only rank 0 prints
     if cfg.tf32 and device.type == "cuda":
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        allow_tf32()
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else contextlib.nullcontext())
     # Each process its own dropout stream; the batches come from the samplers' own seed, the same everywhere.
     training.set_seed(cfg.seed + world.rank)

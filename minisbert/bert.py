@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint, packing
+from .backbone import transformers_version
 
 # model_type -> (transformers' base class, its base_model_prefix: the head models' key prefix); each is
 # also in packing.POSITIONS, which says how it numbers positions.
@@ -296,7 +297,10 @@ def _rename(key: str, prefix: str) -> str:
 
 
 def _dtype(values: dict, state: dict[str, Tensor]) -> torch.dtype:
-    """transformers' dtype="auto": the config's dtype (or torch_dtype), else the weights' first float dtype."""
+    """The dtype the installed transformers' from_pretrained gives by default: 5.x's dtype="auto" (the config's
+    dtype or torch_dtype, else the weights' first float dtype); 4.x's torch default dtype (float32)."""
+    if transformers_version() < (5, 0):
+        return torch.get_default_dtype()
     name = values.get("dtype") or values.get("torch_dtype")
     if isinstance(name, str) and isinstance(getattr(torch, name, None), torch.dtype):
         return getattr(torch, name)

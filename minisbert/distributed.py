@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -251,8 +252,14 @@ def wrap(model: torch.nn.Module, world: World) -> torch.nn.Module:
     if not world.distributed:
         return model
     device_ids = [world.device.index] if world.device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:  # torch >= 2.13
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True,
+                                       forward_sync_buffers=False)
+    # Before 2.13 the switch is broadcast_buffers=False, which also skips the broadcast when wrapping: done here.
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True,
-                                   forward_sync_buffers=False)
+                                   broadcast_buffers=False)
 
 
 def sync_gradients(model: torch.nn.Module, sync: bool):

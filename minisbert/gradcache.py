@@ -23,6 +23,7 @@ the model or the losses. Shape letters: K columns, B batch, b chunk rows, L toke
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -155,29 +156,53 @@ def _take(column: Column, order: Tensor | None) -> Column:
 
 @dataclass
 class RngState:
-    """The CPU RNG state and the CUDA RNG states of the devices a chunk's tensors live on.
+    """The CPU RNG state and the RNG states of the accelerator devices (CUDA, XPU, ...) a chunk's tensors live on.
 
-    The chunk's tensors must be on the model's device (as the model needs them anyway): a CUDA device is
+    The chunk's tensors must be on the model's device (as the model needs them anyway): the devices are
     found through them, as in GradCache and ST's RandContext.
     """
 
     cpu: Tensor
-    cuda_devices: list[int]
-    cuda_states: list[Tensor]
+    device_type: str  # "cuda", "xpu", ...; "cpu" when the chunk has no accelerator tensor
+    devices: list[int]
+    states: list[Tensor]
 
     @classmethod
     def capture(cls, chunk: Mapping[str, Any]) -> RngState:
         tensors = [v for v in chunk.values() if isinstance(v, Tensor)]
-        devices, states = get_device_states(*tensors)  # only CUDA tensors count; ([], []) on CPU
-        return cls(torch.get_rng_state(), devices, states)
+        device_type = next((t.device.type for t in tensors if t.device.type not in ("cpu", "meta")), "cpu")
+        if device_type == "cpu":
+            return cls(torch.get_rng_state(), "cpu", [], [])
+        _check_replayable(device_type)
+        devices, states = get_device_states(*tensors)  # the device type is inferred from the tensors
+        return cls(torch.get_rng_state(), device_type, devices, states)
 
     @contextlib.contextmanager
     def restored(self) -> Iterator[None]:
         """Run the block from this state; the RNG state outside the block is left as it was."""
-        with torch.random.fork_rng(devices=self.cuda_devices):
+        # Both default to CUDA; a device type is passed only where it is another one (checked in capture).
+        kind = {} if self.device_type in ("cpu", "cuda") else {"device_type": self.device_type}
+        with torch.random.fork_rng(devices=self.devices, **kind):
             torch.set_rng_state(self.cpu)
-            set_device_states(self.cuda_devices, self.cuda_states)
+            if self.devices:
+                set_device_states(self.devices, self.states, **kind)
             yield
+
+
+def _check_replayable(device_type: str) -> None:
+    """Refuse, with the reason, an accelerator whose RNG state torch cannot save and restore per device:
+    the replay would draw other dropout masks than the first pass. CUDA always can; another type needs
+    set_device_states to take its device type (torch 2.4's does not) and its module to select a device
+    (`.device`, which torch.mps lacks)."""
+    if device_type == "cuda":
+        return
+    module = getattr(torch, device_type, None)
+    if ("device_type" not in inspect.signature(set_device_states).parameters
+            or not hasattr(module, "device") or not hasattr(module, "get_rng_state")):
+        raise RuntimeError(
+            f"the cached step cannot replay the random state of {device_type} tensors with torch "
+            f"{torch.__version__}: its second pass would draw other dropout masks than its first. "
+            f"Train on cuda or cpu, or use the loss without the cache (e.g. mnrl instead of cached_mnrl)")
 
 
 # ----------------------------------------------------------------------------- the three stages

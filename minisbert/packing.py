@@ -346,6 +346,7 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
     """
     att = layer.attention.self
     h, d = att.num_attention_heads, att.attention_head_size
+    scale = getattr(att, "scaling", d ** -0.5)  # transformers < 5 has no .scaling: 1 / sqrt(d), SDPA's default
     # One (., H) x (H, 3H) matmul instead of three; the weight concat is 3 H^2 floats, small next to T H.
     if fast is None:
         weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
@@ -375,9 +376,9 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
         key_mask = None if full else mask[:, None, None, :]  # (n, 1, 1, L)
         # Also without grad, so that GradCache's no-grad pass draws the same dropout masks as its replay.
         if dropout > 0 and q.device.type == "cpu":
-            ctx = _DropoutAttention.apply(q, k, v, key_mask, dropout, att.scaling)  # (n, h, L, d)
+            ctx = _DropoutAttention.apply(q, k, v, key_mask, dropout, scale)  # (n, h, L, d)
         else:
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout, scale=att.scaling)  # (n, h, L, d)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout, scale=scale)  # (n, h, L, d)
         del q, k, v, padded
         ctx = ctx.transpose(1, 2).reshape(n * L, h * d)  # (n L, H)
         outs.append(ctx if full else ctx.index_select(0, index))  # (T_g, H)

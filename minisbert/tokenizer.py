@@ -9,7 +9,9 @@ None otherwise (the caller then uses AutoTokenizer). transformers 4 used tokeniz
 transformers 5 rebuilds a BertTokenizer from the vocabulary and tokenizer_config.json
 (models/bert/tokenization_bert.py). So the gate is: tokenizer_config.json names BertTokenizer(Fast), and
 every part of tokenizer.json (model, normalizer, pre-tokenizer, post-processor, special tokens) equals
-what that rebuild makes from the config. Then both generations of transformers tokenize as this does.
+what that rebuild makes from the config. Then both generations of transformers tokenize as this does;
+padding / truncation sides that only tokenizer.json sets count only where the installed transformers
+reads them there (4.x, 5.3+; `_sides_from_tokenizer_json`).
 
 The encoding path (`encode`, which also takes a transformers tokenizer) covers what minisbert asks of a
 tokenizer: texts or (a, b) pairs, optional truncation to max_length (longest_first) and padding to the
@@ -205,6 +207,9 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
         prepend_lowercase(backend)
     # transformers: the config's setting, else tokenizer.json's padding / truncation section, else its default
     padding, truncation = saved.get("padding") or {}, saved.get("truncation") or {}
+    from_json = (padding and not config.get("padding_side")) or (truncation and not config.get("truncation_side"))
+    if from_json and not _sides_from_tokenizer_json():
+        return None
     settings = {
         "name_or_path": str(folder),
         "pad_token": tokens["pad_token"],
@@ -218,6 +223,16 @@ def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:
     if settings["padding_side"] not in ("right", "left") or settings["truncation_side"] not in ("right", "left"):
         return None
     return Tokenizer(backend, settings, folder, do_lower_case, files)
+
+
+def _sides_from_tokenizer_json() -> bool:
+    """Whether the installed transformers takes a padding / truncation side (and pad type id) that the config
+    does not set from tokenizer.json's sections, as load() does: 4.x uses the file as saved, 5.3+ carries its
+    sections through the rebuild (tokenization_utils_tokenizers.py, `_json_padding`); 5.0-5.2 drop them."""
+    from .backbone import transformers_version
+
+    major, minor = transformers_version()
+    return major < 5 or (major, minor) >= (5, 3)
 
 
 def prepend_lowercase(backend) -> None:

@@ -129,9 +129,21 @@ def test_head_checkpoints_and_legacy_names(tiny_model_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_dtype_follows_transformers_auto(tiny_model_dirs, tmp_path, dtype):
+def test_dtype_follows_the_installed_transformers(tiny_model_dirs, tmp_path, dtype):
     folder = variant(tiny_model_dirs["bert"], tmp_path / dtype, dtype=dtype)
-    assert next(bert.load(folder).parameters()).dtype == next(reference(folder).parameters()).dtype == getattr(torch, dtype)
+    expected = getattr(torch, dtype) if int(tf.__version__.split(".")[0]) >= 5 else torch.float32  # "auto" from 5.0
+    assert next(bert.load(folder).parameters()).dtype == next(reference(folder).parameters()).dtype == expected
+
+
+@pytest.mark.parametrize("version, expected", [("4.57.6", torch.float32), ("5.0.0", torch.float16)])
+def test_dtype_on_load_follows_transformers_4_and_5(tiny_model_dirs, tmp_path, monkeypatch, version, expected):
+    """The branch the installed transformers does not take: its version read as the other generation's."""
+    import importlib.metadata
+
+    folder = variant(tiny_model_dirs["bert"], tmp_path / "half", dtype="float16")
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version if name == "transformers" else real(name))
+    assert next(bert.load(folder).parameters()).dtype == expected
 
 
 def test_unreproduced_folders_go_to_transformers(tiny_model_dirs, tmp_path):
@@ -184,6 +196,24 @@ def test_bi_encoder_native_equals_transformers_backbone(tiny_model_dirs, minilm_
         torch.testing.assert_close(native(features), reference_embeddings, atol=1e-5, rtol=1e-4)  # packed, on ours
         torch.testing.assert_close(native.encode(TEXTS, convert_to_tensor=True), hf.encode(TEXTS, convert_to_tensor=True),
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_packed_transformers_backbone_without_a_scaling_attribute(minilm_path):
+    """transformers 4's BERT attention has no `.scaling` (5.x's does): the packed path scales by 1/sqrt(d) then,
+    in inference and in training with dropout, and still equals transformers' own padded forward."""
+    hf = BiEncoder.from_pretrained(minilm_path, native=False)
+    features = hf.tokenize(TEXTS)
+    with torch.no_grad(), packing.disabled():
+        reference_embeddings = hf(features)  # transformers' own padded forward, whichever version
+    for module in hf.backbone.modules():
+        if "scaling" in vars(module):
+            del module.scaling  # as transformers 4 builds the attention
+    assert not any(hasattr(layer.attention.self, "scaling") for layer in hf.backbone.encoder.layer)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(features), reference_embeddings, atol=1e-5, rtol=1e-4)  # packed
+    hf.train()
+    hf(features).sum().backward()  # the dropout branch reads the scale too
+    assert all(p.grad is None or p.grad.isfinite().all() for p in hf.parameters())
 
 
 def test_bi_encoder_save_is_loaded_by_transformers_model(tiny_model_dirs, tmp_path):

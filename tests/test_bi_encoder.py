@@ -294,6 +294,13 @@ def test_truncated_corrupted_missing_and_pickle_weights(tiny_model_dirs, tmp_pat
     torch.save(load_file(src / "model.safetensors"), tmp_path / "m" / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="allow_pickle=True"):
         BiEncoder.from_pretrained(tmp_path / "m")
+    from transformers.utils import import_utils
+
+    torch_before_2_6 = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6)
+    if torch_before_2_6 and hasattr(import_utils, "check_torch_load_is_safe"):  # transformers' CVE-2025-32434 rule
+        with pytest.raises(ModelLoadError, match="upgrade torch to at least v2.6"):
+            BiEncoder.from_pretrained(tmp_path / "m", allow_pickle=True)
+        return
     allowed = BiEncoder.from_pretrained(tmp_path / "m", allow_pickle=True)
     assert np.abs(allowed.encode(TEXTS) - model.encode(TEXTS)).max() <= 1e-6
 

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,7 @@ def _check_cached_step_under_ddp(world: World):
     fn([single({"x": x}) for x in inputs], None).backward()
 
     model = _Encoder()
-    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True, forward_sync_buffers=False)
+    ddp = distributed.wrap(model, world)  # as train.py wraps it, on any torch
     all_reduces = []
 
     def counting_hook(state, bucket):
@@ -210,6 +211,32 @@ def _check_cached_step_under_ddp(world: World):
         wrong.check()
 
 
+class _DDPBefore213(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel as torch 2.4 ... 2.12 declare it: broadcast_buffers, no forward_sync_buffers."""
+
+    def __init__(self, module, device_ids=None, find_unused_parameters=False, broadcast_buffers=True):
+        with warnings.catch_warnings():  # torch 2.13 deprecates broadcast_buffers; older ones do not warn
+            warnings.simplefilter("ignore", FutureWarning)
+            super().__init__(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters,
+                             broadcast_buffers=broadcast_buffers)
+
+
+def _check_wrap_on_torch_before_2_13(world: World):
+    """wrap() on a DDP without forward_sync_buffers: rank 0's buffers once at wrapping, never at a forward."""
+    model = _Encoder()
+    model.register_buffer("ids", torch.full((3,), float(world.rank)))  # differs per process, as no real buffer does
+    original, distributed.DistributedDataParallel = distributed.DistributedDataParallel, _DDPBefore213
+    try:
+        ddp = distributed.wrap(model, world)
+    finally:
+        distributed.DistributedDataParallel = original
+    assert isinstance(ddp, _DDPBefore213)
+    assert model.ids.tolist() == [0.0] * 3, model.ids  # rank 0's, broadcast when wrapping
+    model.ids.fill_(10.0 + world.rank)
+    ddp({"x": torch.randn(2, 6)}).sum().backward()
+    assert model.ids.tolist() == [10.0 + world.rank] * 3, model.ids  # not broadcast again at the forward
+
+
 def _gather_worker(rank: int, world_size: int, store: str):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
@@ -218,6 +245,7 @@ def _gather_worker(rank: int, world_size: int, store: str):
         world = World(rank=rank, world_size=world_size)
         _check_gathered_losses(world)
         _check_cached_step_under_ddp(world)
+        _check_wrap_on_torch_before_2_13(world)
     finally:
         dist.destroy_process_group()
 

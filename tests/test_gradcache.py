@@ -266,6 +266,48 @@ def test_rng_state_restores_and_leaves_outer_rng_alone():
     assert torch.equal(torch.get_rng_state(), after)
 
 
+class _OnXpu(torch.Tensor):
+    """A CPU tensor that says it lives on xpu:0, to follow the RNG calls made for a non-CUDA accelerator."""
+
+    @property
+    def device(self):
+        return torch.device("xpu", 0)
+
+
+def test_rng_state_of_another_accelerator_is_saved_and_restored_for_its_device_type(monkeypatch):
+    from minisbert import gradcache
+
+    calls = []
+    monkeypatch.setattr(gradcache, "get_device_states", lambda *tensors: ([0], ["xpu state"]))
+    monkeypatch.setattr(gradcache, "set_device_states",
+                        lambda devices, states, *, device_type=None: calls.append(("set", devices, states, device_type)))
+
+    @contextlib.contextmanager
+    def fork_rng(devices=None, enabled=True, device_type="cuda"):
+        calls.append(("fork", devices, device_type))
+        yield
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    monkeypatch.setattr(torch, "xpu", type("xpu", (), {"device": None, "get_rng_state": None}), raising=False)
+    state = RngState.capture({"x": torch.zeros(1).as_subclass(_OnXpu)})
+    with state.restored():
+        pass
+    assert calls == [("fork", [0], "xpu"), ("set", [0], ["xpu state"], "xpu")]  # not CUDA's defaults
+
+
+def test_rng_state_of_an_accelerator_torch_cannot_replay_is_refused(monkeypatch):
+    from minisbert import gradcache
+
+    chunk = {"x": torch.zeros(1).as_subclass(_OnXpu)}
+    monkeypatch.setattr(torch, "xpu", type("mps_like", (), {"get_rng_state": None}), raising=False)  # no .device
+    with pytest.raises(RuntimeError, match="cannot replay the random state of xpu tensors"):
+        RngState.capture(chunk)
+    monkeypatch.setattr(torch, "xpu", type("xpu", (), {"device": None, "get_rng_state": None}), raising=False)
+    monkeypatch.setattr(gradcache, "set_device_states", lambda devices, states: None)  # torch 2.4's signature
+    with pytest.raises(RuntimeError, match="cannot replay the random state of xpu tensors"):
+        RngState.capture(chunk)
+
+
 # ----------------------------------------------------------------------------- evaluation, scaling, inputs
 
 

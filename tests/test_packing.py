@@ -7,6 +7,8 @@ backbones it does not reproduce; and with dropout on it keeps dropping at the sa
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -199,9 +201,17 @@ def test_cross_encoder_logits_equal_padded(tiny_classifier_dirs, kind):
         model(features).sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert set(ours) == set(ref)
-    scale = max(g.abs().max() for g in ref.values())
-    for name in ours:
-        torch.testing.assert_close(ours[name], ref[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
+    # Against the padded forward in float64: the packed gradients are as close to it as float32's padded ones
+    # are. (A fixed tolerance fits one transformers' random init and not another's: with transformers 4's,
+    # the last layer's attention gradients cancel, and float32 keeps ~1 digit of them on either path.)
+    exact = copy.deepcopy(model).double()
+    with packing.disabled():
+        exact(features).sum().backward()
+    exact = {n: p.grad for n, p in exact.named_parameters() if p.grad is not None}
+    scale = max(g.abs().max() for g in exact.values())  # a floor for gradients that are 0 in exact arithmetic
+    for name, want in exact.items():
+        ours_err, ref_err = ((g[name].double() - want).norm() for g in (ours, ref))
+        assert ours_err <= 2 * ref_err + 1e-6 * scale, (name, float(ours_err), float(ref_err))
 
 
 def test_cross_encoder_left_padded_batch_uses_the_padded_path(tiny_classifier_dirs):

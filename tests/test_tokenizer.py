@@ -54,12 +54,19 @@ def _compare(folder: Path, do_lower_case=False):
 
 def _saved_bert(tmp_path, name="tok", **settings) -> Path:
     """A BertTokenizer folder written by transformers itself, with `settings` (do_lower_case, ...)."""
-    from transformers import BertTokenizer
+    import inspect
+
+    from transformers import BertTokenizer, BertTokenizerFast
 
     from tiny_models import minilm_dir
 
     vocab = json.loads((minilm_dir() / "tokenizer.json").read_text())["model"]["vocab"]
-    tok = BertTokenizer(vocab=vocab, **settings)
+    if "vocab" in inspect.signature(BertTokenizer.__init__).parameters:  # transformers 5: a dict
+        tok = BertTokenizer(vocab=vocab, **settings)
+    else:  # transformers 4: a vocab.txt, and the fast class, which also writes tokenizer.json
+        vocab_file = tmp_path / f"{name}-vocab.txt"
+        vocab_file.write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")
+        tok = BertTokenizerFast(vocab_file=str(vocab_file), **settings)
     folder = tmp_path / name
     tok.save_pretrained(folder)
     return folder
@@ -105,6 +112,25 @@ def test_sides_missing_from_the_config_come_from_tokenizer_json_as_in_transforme
         truncation={"direction": "Left", "max_length": 128, "strategy": "LongestFirst", "stride": 0}))
     ours, theirs = _compare(folder)
     assert (ours.padding_side, ours.truncation_side) == (theirs.padding_side, theirs.truncation_side) == ("left", "left")
+
+
+@pytest.mark.parametrize("version, native", [("5.0.0", False), ("5.2.1", False), ("5.3.0", True), ("4.41.2", True)])
+def test_sides_only_tokenizer_json_sets_load_natively_only_where_transformers_reads_them(tmp_path, monkeypatch,
+                                                                                       version, native):
+    """transformers 5.0-5.2 rebuild the tokenizer without tokenizer.json's padding / truncation sections, so
+    there a side only the file sets would give other ids than load()'s: AutoTokenizer decides instead."""
+    import importlib.metadata
+
+    plain, sided, configured = (_saved_bert(tmp_path, name) for name in ("plain", "sided", "configured"))
+    sides = lambda d: d.update(truncation={"direction": "Left", "max_length": 128, "strategy": "LongestFirst",  # noqa: E731
+                                           "stride": 0})
+    _edit(sided, "tokenizer.json", sides)
+    _edit(configured, "tokenizer.json", sides)
+    _edit(configured, "tokenizer_config.json", lambda d: d.update(truncation_side="left"))
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version if name == "transformers" else real(name))
+    assert tokenizer.load(plain) is not None and tokenizer.load(configured) is not None  # the rule does not matter
+    assert (tokenizer.load(sided) is not None) == native
 
 
 def test_tokenizer_json_that_disagrees_with_the_config_is_refused(tmp_path):

@@ -559,3 +559,30 @@ def test_pooling_flag_errors(models, data, tmp_path, overrides, message):
     with pytest.raises(training.ConfigError, match=message):
         main(cfg)
     assert not Path(cfg.output_dir).exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# --tf32 on every torch: fp32_precision from 2.9, allow_tf32 before
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9: no fp32_precision")
+def test_tf32_sets_fp32_precision_where_torch_has_it():
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+        train.allow_tf32()
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def test_tf32_sets_allow_tf32_on_torch_before_2_9(monkeypatch):
+    from types import SimpleNamespace
+
+    # torch 2.4 ... 2.8 as this build would look: allow_tf32 flags, no fp32_precision, no cudnn.conv
+    matmul, cudnn = SimpleNamespace(allow_tf32=False), SimpleNamespace(allow_tf32=False)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    train.allow_tf32()
+    assert matmul.allow_tf32 is True and cudnn.allow_tf32 is True

