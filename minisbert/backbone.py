@@ -228,7 +228,10 @@ def max_length_for(tokenizer, config, saved, override: int | None, *, pairs: boo
 
 def special_token_count(tokenizer, pairs: bool) -> int:
     """How many special tokens the tokenizer adds to one input (to one pair when `pairs`)."""
-    from .tokenizer import encode
+    from .tokenizer import Tokenizer, encode
+
+    if not isinstance(tokenizer, Tokenizer):  # calling it would reset the truncation its saved tokenizer.json keeps
+        return tokenizer.num_special_tokens_to_add(pair=pairs)
 
     texts, second = ["a"], (["a"] if pairs else None)
     with_special = encode(tokenizer, texts, second)["input_ids"][0]
