@@ -65,3 +65,15 @@ def stsb_sentences() -> list[str]:
 
     rows = [json.loads(line) for line in (TESTS / "data" / "stsb_test_500.jsonl").read_text().splitlines()]
     return [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module: bitwise comparisons with subprocesses (OMP_NUM_THREADS=1) need the
+    same thread count here."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

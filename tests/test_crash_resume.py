@@ -42,13 +42,7 @@ SEED = int(os.environ.get("MINISBERT_CRASH_SEED", "0"))
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Bitwise comparisons with the subprocesses (OMP_NUM_THREADS=1) need the same thread count here.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, as the subprocesses run
 
 
 @pytest.fixture(scope="module")

@@ -61,12 +61,7 @@ TRACEBACK = "Traceback (most recent call last)"
 LONG = "the quick brown fox jumps over the lazy dog " * 60  # about 540 tokens: past the tiny models' 128 positions
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, as the subprocesses run
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,13 +30,7 @@ from minisbert import losses, training  # noqa: E402
 from minisbert.data import NoDuplicatesBatchSampler, load_dataset  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Bitwise comparisons with a subprocess (OMP_NUM_THREADS=1) need the same thread count here.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, as the subprocesses run
 
 
 @pytest.fixture(scope="module")
