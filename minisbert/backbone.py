@@ -22,14 +22,6 @@ logger = logging.getLogger("minisbert")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
 
 
-def transformers_version() -> tuple[int, int]:
-    """(major, minor) of the installed transformers, read without importing it (that import takes ~1 s)."""
-    from importlib.metadata import version
-
-    major, minor = (int(part) for part in version("transformers").split(".")[:2])
-    return major, minor
-
-
 def default_device(device=None) -> torch.device:
     if device is not None:
         return torch.device(device)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint, packing
-from .backbone import transformers_version
+from .versions import transformers_version
 
 # model_type -> (transformers' base class, its base_model_prefix: the head models' key prefix); each is
 # also in packing.POSITIONS, which says how it numbers positions.

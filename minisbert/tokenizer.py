@@ -229,7 +229,7 @@ def _sides_from_tokenizer_json() -> bool:
     """Whether the installed transformers takes a padding / truncation side (and pad type id) that the config
     does not set from tokenizer.json's sections, as load() does: 4.x uses the file as saved, 5.3+ carries its
     sections through the rebuild (tokenization_utils_tokenizers.py, `_json_padding`); 5.0-5.2 drop them."""
-    from .backbone import transformers_version
+    from .versions import transformers_version
 
     major, minor = transformers_version()
     return major < 5 or (major, minor) >= (5, 3)
