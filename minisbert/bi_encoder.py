@@ -90,7 +90,7 @@ class BiEncoder(nn.Module):
         self.default_prompt_name = default_prompt_name
         self.similarity_fn_name = similarity_fn_name
         self.truncate_dim = truncate_dim
-        self.input_names = backbone_input_names(backbone)
+        self.input_names = backbone_input_names(backbone)  # the features its forward reads (collate keeps these)
         self._prompt_lengths: dict[str, int] = {}
 
     # ------------------------------------------------------------------ loading

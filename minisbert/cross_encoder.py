@@ -53,7 +53,7 @@ class CrossEncoder(nn.Module):
         self.max_length = int(max_length)
         self.activation_fn_name = activation_fn or (SIGMOID if self.num_labels == 1 else IDENTITY)
         self.activation = activation_from_path(self.activation_fn_name)
-        self.input_names = backbone_input_names(backbone)
+        self.input_names = backbone_input_names(backbone)  # the features its forward reads (collate keeps these)
 
     @property
     def model(self) -> nn.Module:

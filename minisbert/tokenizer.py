@@ -62,6 +62,17 @@ class Encoded(dict):
         self.encodings = encodings
 
 
+def _setting(name: str, settable: bool = False) -> property:
+    """A Tokenizer setting read from its settings; a settable one is also handed to `.transformers` when set."""
+    def get(self):
+        return self._settings[name]
+
+    def put(self, value):
+        self._set(name, value)
+
+    return property(get, put if settable else None, doc=f"transformers' `{name}` of this tokenizer")
+
+
 class Tokenizer:
     """A BERT WordPiece tokenizer read by `tokenizers` alone; see the module docstring for what it covers.
 
@@ -70,7 +81,7 @@ class Tokenizer:
     so a saved folder carries them.
     """
 
-    SETTABLE = ("model_max_length", "padding_side", "truncation_side")
+    SETTABLE = ("model_max_length", "padding_side", "truncation_side")  # handed to `.transformers` when it loads
 
     def __init__(self, backend, settings: dict, folder: Path, do_lower_case: bool = False, files: dict | None = None):
         """`backend`: the tokenizers.Tokenizer; `settings`: what transformers' tokenizer of `folder` would answer
@@ -84,38 +95,21 @@ class Tokenizer:
         self._settings = dict(settings)
         self._transformers = None  # the AutoTokenizer, once `.transformers` was asked for
 
-    # ------------------------------------------------------------------ settings
+    # ------------------------------------------------------------------ settings (as transformers' names)
 
-    @property
-    def name_or_path(self) -> str:
-        return self._settings["name_or_path"]
-
-    @property
-    def pad_token(self) -> str:
-        return self._settings["pad_token"]
-
-    @property
-    def pad_token_id(self) -> int:
-        return self._settings["pad_token_id"]
-
-    @property
-    def pad_token_type_id(self) -> int:
-        return self._settings["pad_token_type_id"]
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return list(self._settings["all_special_ids"])
+    name_or_path = _setting("name_or_path")
+    pad_token = _setting("pad_token")
+    pad_token_id = _setting("pad_token_id")
+    pad_token_type_id = _setting("pad_token_type_id")
+    all_special_ids = _setting("all_special_ids")
+    padding_side = _setting("padding_side", settable=True)
+    truncation_side = _setting("truncation_side", settable=True)
+    model_max_length = _setting("model_max_length", settable=True)
 
     def _set(self, name: str, value) -> None:
         self._settings[name] = value
         if self._transformers is not None:
             setattr(self._transformers, name, value)
-
-    padding_side = property(lambda self: self._settings["padding_side"], lambda self, v: self._set("padding_side", v))
-    truncation_side = property(lambda self: self._settings["truncation_side"],
-                               lambda self, v: self._set("truncation_side", v))
-    model_max_length = property(lambda self: self._settings["model_max_length"],
-                                lambda self, v: self._set("model_max_length", v))
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         """Special tokens added to one input (one pair when `pair`): the post-processor's count, as transformers'."""
