@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import packing
-from . import tokenizer as tok
+from . import tokenizer as tokenization
 from .backbone import (
     backbone_input_names, logger, check_texts, default_device, in_batches, load_backbone, max_length_for,
     quiet_transformers, set_checkpointing,
@@ -190,7 +190,7 @@ class BiEncoder(nn.Module):
     def prompt_length(self, prompt: str | None) -> int:
         """Tokens of `prompt` incl. the leading special token, excl. a trailing one (ST's count)."""
         if prompt not in self._prompt_lengths:
-            self._prompt_lengths[prompt] = tok.prompt_length(self.tokenizer, prompt)
+            self._prompt_lengths[prompt] = tokenization.prompt_length(self.tokenizer, prompt)
         return self._prompt_lengths[prompt]
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
@@ -211,8 +211,8 @@ class BiEncoder(nn.Module):
         """Texts -> {"input_ids" (B, L), "attention_mask" (B, L), ..., "prompt_length": int}, padded to the longest."""
         if prompt:
             texts = [prompt + t for t in texts]
-        batch = tok.tokenize(self.tokenizer, list(texts), padding=True, max_length=self.max_length, return_tensors=True,
-                             truncation=truncation)
+        batch = tokenization.tokenize(self.tokenizer, list(texts), padding=True, max_length=self.max_length,
+                                      return_tensors=True, truncation=truncation)
         features = {k: batch[k] for k in self.input_names if k in batch}
         features["prompt_length"] = self.prompt_length(prompt)
         return features
@@ -313,7 +313,7 @@ class BiEncoder(nn.Module):
         with ckpt.atomic_dir(path) as tmp:
             with quiet_transformers():
                 self.backbone.save_pretrained(tmp)
-            tok.save(self.tokenizer, tmp, model_max_length=self.max_length)
+            tokenization.save(self.tokenizer, tmp, model_max_length=self.max_length)
             ckpt.write_json(tmp / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": self.do_lower_case})
             modules = [{"idx": 0, "name": "0", "path": "", "type": ckpt.LEGACY_TYPE["Transformer"]}]
             pool_dir = tmp / "1_Pooling"

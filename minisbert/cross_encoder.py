@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import packing
-from . import tokenizer as tok
+from . import tokenizer as tokenization
 from .backbone import (
     backbone_input_names, check_config, check_texts, default_device, in_batches, load_backbone, max_length_for,
     quiet_transformers, set_checkpointing,
@@ -118,8 +118,8 @@ class CrossEncoder(nn.Module):
         """(query, document) pairs -> {"input_ids" (B, L), "attention_mask" (B, L), ...}."""
         a = [p[0] for p in pairs]
         b = [p[1] for p in pairs]
-        batch = tok.tokenize(self.tokenizer, a, b, padding=True, max_length=self.max_length, return_tensors=True,
-                             truncation=truncation)
+        batch = tokenization.tokenize(self.tokenizer, a, b, padding=True, max_length=self.max_length,
+                                      return_tensors=True, truncation=truncation)
         return {k: batch[k] for k in self.input_names if k in batch}
 
     def forward(self, features: dict) -> torch.Tensor:
@@ -188,6 +188,6 @@ class CrossEncoder(nn.Module):
             config["sentence_transformers"] = {"activation_fn": self.activation_fn_name, "version": "4.1.0"}
             config["sbert_ce_default_activation_function"] = self.activation_fn_name
             ckpt.write_json(tmp / "config.json", config)
-            tok.save(self.tokenizer, tmp, model_max_length=self.max_length)
+            tokenization.save(self.tokenizer, tmp, model_max_length=self.max_length)
             (tmp / "README.md").write_text(model_card or cross_encoder_card(self), encoding="utf-8")
         return Path(path)
