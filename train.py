@@ -496,7 +496,8 @@ def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
         names = ds.column_names
         trunc = truncation if count else None
         if is_cross:  # (column 0, column k) pairs
-            columns = [tokenize_pairs(model, texts[0], texts[k], truncation=trunc) for k in range(1, len(texts))]
+            columns = [tokenize_pairs(model.tokenizer, texts[0], texts[k], max_length=model.max_length,
+                                      input_names=model.input_names, truncation=trunc) for k in range(1, len(texts))]
             guide_columns = []
         else:
             prompts = [resolve_prompt(spec["prompts"] if spec["prompts"] is not None else cfg.prompts, ds.name, c) for c in names]
@@ -504,8 +505,10 @@ def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
                 if p:
                     key = "query" if i == 0 else "document"
                     saved_prompts[key if saved_prompts.get(key, p) == p else f"{ds.name}_{c}"] = p
-            columns = [tokenize_column(model, t, prompt=p, truncation=trunc) for t, p in zip(texts, prompts)]
-            guide_columns = [tokenize_column(guide, t, prompt=p) for t, p in zip(texts, prompts)] if base == "gist" else []
+            columns = [tokenize_column(model.tokenizer, t, max_length=model.max_length, input_names=model.input_names,
+                                       prompt=p, truncation=trunc) for t, p in zip(texts, prompts)]
+            guide_columns = [tokenize_column(guide.tokenizer, t, max_length=guide.max_length, input_names=guide.input_names,
+                                             prompt=p) for t, p in zip(texts, prompts)] if base == "gist" else []
             if len(columns) == 1 and base in SIMCSE_LOSSES:  # SimCSE: the same texts twice, two dropout masks
                 columns, guide_columns = columns * 2, guide_columns * 2
         loss_fn = training.column_loss(base, scale=cfg.scale, margin=cfg.margin, distance=cfg.distance, pos_weight=cfg.pos_weight)

@@ -163,7 +163,8 @@ def make_step(lib: str, folder: str, *, data: str = "nli", loss: str = "mnrl", b
         model = BiEncoder.from_pretrained(folder, max_length=max_length, device="cpu")
         if checkpointing:
             model.gradient_checkpointing_enable()
-        tokenized = [tokenize_column(model, columns[c]) for c in names]  # once, up front (train.py does the same)
+        tokenized = [tokenize_column(model.tokenizer, columns[c], max_length=model.max_length,
+                                     input_names=model.input_names) for c in names]  # once, up front (train.py does the same)
         loss_fn = training.column_loss(loss)
         optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
         model.train()
@@ -207,7 +208,8 @@ def make_cross_step(lib: str, folder: str, *, batch_size: int = 16, max_length: 
         from minisbert.collate import collate, tokenize_pairs
 
         model = CrossEncoder.from_pretrained(folder, max_length=max_length, device="cpu")
-        column = tokenize_pairs(model, [p[0] for p in pairs], [p[1] for p in pairs])
+        column = tokenize_pairs(model.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=model.max_length,
+                                input_names=model.input_names)
         y = torch.tensor(labels)
         loss_fn = training.column_loss("bce")
         optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)

@@ -40,7 +40,7 @@ def _models():
     torch.manual_seed(0)
     st = STCrossEncoder(path, num_labels=1, max_length=MAX_LENGTH, device="cpu")
     mini = CrossEncoder.from_pretrained(path, max_length=MAX_LENGTH, device="cpu")
-    missing, unexpected = mini.model.load_state_dict(st.model.state_dict(), strict=False)  # ST's new head, same weights
+    missing, unexpected = mini.backbone.load_state_dict(st.model.state_dict(), strict=False)  # ST's new head, same weights
     assert not unexpected, unexpected
     return st, mini
 
@@ -98,7 +98,8 @@ def make_train_step(lib: str, steps: int = 8, model=None):
         from minisbert import training
         from minisbert.collate import collate, tokenize_pairs
 
-        column = tokenize_pairs(model, [p[0] for p in pairs], [p[1] for p in pairs])
+        column = tokenize_pairs(model.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=model.max_length,
+                                input_names=model.input_names)
         y = torch.tensor(labels)
         loss_fn = training.column_loss("bce")
         optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)

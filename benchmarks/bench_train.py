@@ -136,7 +136,7 @@ def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: 
     from minisbert.gradcache import cached_step
 
     model = BiEncoder.from_pretrained(path, max_length=MAX_LENGTH, device="cpu")
-    columns = [tokenize_column(model, texts[c]) for c in cols]  # once, up front (train.py does the same)
+    columns = [tokenize_column(model.tokenizer, texts[c], max_length=model.max_length, input_names=model.input_names) for c in cols]  # once, up front (train.py does the same)
     loss_fn = training.column_loss("cached_mnrl" if loss == "cached_mnrl" else "mnrl")
     if loss == "matryoshka":
         loss_fn = losses.matryoshka(loss_fn, MATRYOSHKA_DIMS)

@@ -129,7 +129,7 @@ def make_step(lib: str, device, prec: str, batch_rows: list[list[int]], mini: in
         from minisbert.gradcache import cached_step
 
         model = BiEncoder.from_pretrained(path, max_length=MAX_LENGTH, device=device)
-        columns = [tokenize_column(model, data[c]) for c in cols]
+        columns = [tokenize_column(model.tokenizer, data[c], max_length=model.max_length, input_names=model.input_names) for c in cols]
         mnrl = training.column_loss("mnrl")
 
         def embed(features):

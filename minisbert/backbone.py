@@ -1,25 +1,22 @@
-"""The transformers side shared by BiEncoder and CrossEncoder: loading a backbone and its tokenizer
-with clear errors, tokenizing with a truncation count, and choosing device and dtype.
-
-Truncation is never silent (ST #4060): `tokenize` counts the inputs that were cut, and callers
-report the count once per call or run.
+"""The transformers side shared by BiEncoder and CrossEncoder: loading a backbone with clear errors,
+its max length, batched inference, and choosing device and dtype. (Tokenizers: tokenizer.py.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import kernels, packing
 from .checkpoint import ModelLoadError, check_safetensors, json_object, weight_files
+from .tokenizer import Truncation
 
 logger = logging.getLogger("minisbert")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
 
 
 def default_device(device=None) -> torch.device:
@@ -44,6 +41,15 @@ def quiet_transformers():
     finally:
         if bar:
             hf_logging.enable_progress_bar()
+
+
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")  # the features a backbone's forward may take
+
+
+def backbone_input_names(backbone) -> tuple[str, ...]:
+    """The features of INPUT_NAMES that `backbone.forward` takes, in that order: a model's `input_names`."""
+    accepted = inspect.signature(backbone.forward).parameters
+    return tuple(k for k in INPUT_NAMES if k in accepted)
 
 
 def load_backbone(folder: Path, auto_class: str, *, allow_pickle: bool, dtype=None, native: bool = False, **kwargs):
@@ -146,43 +152,6 @@ def set_checkpointing(model, enable: bool, kwargs: dict | None = None) -> None:
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
-def load_tokenizer(folder: Path, *, do_lower_case: bool = False, native: bool = False):
-    """The folder's tokenizer. `native`: tokenizer.Tokenizer where it equals transformers' (a BERT
-    WordPiece tokenizer, read without importing transformers), else AutoTokenizer's."""
-    if native:
-        from . import tokenizer
-
-        tok = tokenizer.load(folder, do_lower_case=do_lower_case)
-        if tok is not None:
-            return tok
-    return load_transformers_tokenizer(folder, do_lower_case=do_lower_case)
-
-
-def load_transformers_tokenizer(folder: Path, *, do_lower_case: bool = False):
-    from transformers import AutoTokenizer
-
-    # transformers 5 silently builds an empty vocabulary when these are missing: refuse instead.
-    if not any((folder / name).exists() for name in TOKENIZER_FILES):
-        raise ModelLoadError(
-            f"{folder} has no tokenizer files: expected one of {', '.join(TOKENIZER_FILES)} "
-            f"(save the tokenizer with the model)"
-        )
-    try:
-        tok = AutoTokenizer.from_pretrained(folder)
-    except Exception as e:
-        raise ModelLoadError(
-            f"could not load a tokenizer from {folder}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            f" (a model folder needs tokenizer.json or the tokenizer's vocabulary files)"
-        ) from e
-    if not getattr(tok, "is_fast", False):
-        raise ModelLoadError(f"{folder}: minisbert needs a fast (tokenizers) tokenizer; found {type(tok).__name__}")
-    if do_lower_case:
-        from .tokenizer import prepend_lowercase
-
-        prepend_lowercase(tok.backend_tokenizer)
-    return tok
-
-
 def max_length_for(tokenizer, config, saved, override: int | None, *, pairs: bool = False, where: str = "the model") -> int:
     """The maximum tokens per input: the user's, else the saved one, else min(tokenizer, positions).
 
@@ -211,56 +180,11 @@ def max_length_for(tokenizer, config, saved, override: int | None, *, pairs: boo
     if limit and length > limit:
         logger.warning("%s %d exceeds the %d positions of %s: using max_length %d", what, length, limit, where, limit)
         length = limit
-    specials = special_token_count(tokenizer, pairs)
+    specials = tokenizer.num_special_tokens_to_add(pair=pairs)
     if length <= specials:
         raise ValueError(f"{what} {length} leaves no room for text: every {'pair' if pairs else 'input'} of {where} "
                          f"carries {specials} special tokens; use a max_length of at least {specials + 1}")
     return length
-
-
-def special_token_count(tokenizer, pairs: bool) -> int:
-    """How many special tokens the tokenizer adds to one input (to one pair when `pairs`)."""
-    from .tokenizer import Tokenizer, encode
-
-    if not isinstance(tokenizer, Tokenizer):  # calling it would reset the truncation its saved tokenizer.json keeps
-        return tokenizer.num_special_tokens_to_add(pair=pairs)
-
-    texts, second = ["a"], (["a"] if pairs else None)
-    with_special = encode(tokenizer, texts, second)["input_ids"][0]
-    return len(with_special) - len(encode(tokenizer, texts, second, add_special_tokens=False)["input_ids"][0])
-
-
-@dataclass
-class Truncation:
-    """How many inputs of a call were cut to `max_length` tokens.
-
-    `rows`, when a list, also keeps each tokenized row's flag (cut or not), so that a call which
-    tokenizes each distinct text once (encode, predict) can count per input with `count_inputs`.
-    """
-
-    count: int = 0
-    total: int = 0
-    max_length: int = 0
-    rows: list[bool] | None = None
-
-    def add(self, batch) -> None:
-        cut = [bool(e.overflowing) for e in getattr(batch, "encodings", None) or []]
-        self.count += sum(cut)
-        self.total += len(cut)
-        if self.rows is not None:
-            self.rows += cut
-
-    def count_inputs(self, index) -> None:
-        """Count per input, input i having been tokenized as row index[i] of `rows`."""
-        self.count = sum(self.rows[i] for i in index)
-        self.total = len(index)
-
-    def report(self, what: str) -> None:
-        if self.count:
-            logger.warning(
-                "%s: %d of %d inputs were longer than max_length=%d tokens and were truncated to it",
-                what, self.count, self.total, self.max_length,
-            )
 
 
 def check_texts(texts, what: str = "texts") -> list:

@@ -9,7 +9,6 @@ Shapes: B batch, L tokens, H backbone width, D embedding width.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
@@ -18,29 +17,18 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import packing
-from .collate import trim_padding
+from . import tokenizer as tokenization
 from .backbone import (
-    Truncation, logger, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
+    backbone_input_names, logger, check_texts, default_device, in_batches, load_backbone, max_length_for,
     quiet_transformers, set_checkpointing,
 )
+from .checkpoint import activation_from_path
+from .collate import trim_padding
 from .pooling import MODES, pool
 from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
-from .tokenizer import encode
+from .tokenizer import Truncation, load_tokenizer
 
 DEFAULT_ACTIVATION = "torch.nn.modules.activation.Tanh"
-
-
-def activation_from_path(path: str | None) -> nn.Module:
-    """A torch.nn activation from ST's dotted path; only classes inside torch.nn are accepted."""
-    if path is None:
-        return nn.Identity()
-    name = path.rsplit(".", 1)[-1]
-    cls = getattr(nn, name, None)
-    if not path.startswith("torch.") or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ckpt.ModelLoadError(
-            f"activation {path!r} is not a torch.nn module; minisbert never imports code named in a model folder"
-        )
-    return cls()
 
 
 class Dense(nn.Module):
@@ -102,8 +90,7 @@ class BiEncoder(nn.Module):
         self.default_prompt_name = default_prompt_name
         self.similarity_fn_name = similarity_fn_name
         self.truncate_dim = truncate_dim
-        accepted = inspect.signature(backbone.forward).parameters
-        self._backbone_inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in accepted]
+        self.input_names = backbone_input_names(backbone)  # the features its forward reads (collate keeps these)
         self._prompt_lengths: dict[str, int] = {}
 
     # ------------------------------------------------------------------ loading
@@ -202,12 +189,8 @@ class BiEncoder(nn.Module):
 
     def prompt_length(self, prompt: str | None) -> int:
         """Tokens of `prompt` incl. the leading special token, excl. a trailing one (ST's count)."""
-        if not prompt:
-            return 0
         if prompt not in self._prompt_lengths:
-            ids = encode(self.tokenizer, prompt)["input_ids"]
-            special = set(self.tokenizer.all_special_ids)
-            self._prompt_lengths[prompt] = len(ids) - (1 if ids and ids[-1] in special else 0)
+            self._prompt_lengths[prompt] = tokenization.prompt_length(self.tokenizer, prompt)
         return self._prompt_lengths[prompt]
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
@@ -228,11 +211,9 @@ class BiEncoder(nn.Module):
         """Texts -> {"input_ids" (B, L), "attention_mask" (B, L), ..., "prompt_length": int}, padded to the longest."""
         if prompt:
             texts = [prompt + t for t in texts]
-        batch = encode(self.tokenizer, list(texts), padding=True, max_length=self.max_length, return_tensors=True)
-        if truncation is not None:
-            truncation.max_length = self.max_length
-            truncation.add(batch)
-        features = {k: batch[k] for k in self._backbone_inputs if k in batch}
+        batch = tokenization.tokenize(self.tokenizer, list(texts), padding=True, max_length=self.max_length,
+                                      return_tensors=True, truncation=truncation)
+        features = {k: batch[k] for k in self.input_names if k in batch}
         features["prompt_length"] = self.prompt_length(prompt)
         return features
 
@@ -252,7 +233,7 @@ class BiEncoder(nn.Module):
     def backbone_inputs(self, features: dict) -> dict:
         """The tensors of `features` the backbone reads, on its device, without all-padding trailing columns."""
         device = self.device
-        return trim_padding({k: features[k].to(device) for k in self._backbone_inputs if k in features})
+        return trim_padding({k: features[k].to(device) for k in self.input_names if k in features})
 
     def head(self, hidden: torch.Tensor, mask: torch.Tensor, prompt_length: int = 0) -> torch.Tensor:
         """Token states (B, L, H) + mask (B, L) -> (B, D): pooling, Dense layers, normalization."""
@@ -332,12 +313,7 @@ class BiEncoder(nn.Module):
         with ckpt.atomic_dir(path) as tmp:
             with quiet_transformers():
                 self.backbone.save_pretrained(tmp)
-            old = self.tokenizer.model_max_length
-            self.tokenizer.model_max_length = self.max_length
-            try:
-                self.tokenizer.save_pretrained(tmp)
-            finally:
-                self.tokenizer.model_max_length = old
+            tokenization.save(self.tokenizer, tmp, model_max_length=self.max_length)
             ckpt.write_json(tmp / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": self.do_lower_case})
             modules = [{"idx": 0, "name": "0", "path": "", "type": ckpt.LEGACY_TYPE["Transformer"]}]
             pool_dir = tmp / "1_Pooling"

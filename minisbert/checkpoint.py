@@ -217,6 +217,21 @@ def check_prompts(prompts, default_prompt_name, where: str, error: type = ModelL
     return prompts
 
 
+def activation_from_path(path: str | None):
+    """A torch.nn activation module from ST's dotted path (Dense's and CrossEncoder's configs); only classes
+    inside torch.nn are accepted, None is the identity."""
+    from torch import nn
+
+    if path is None:
+        return nn.Identity()
+    cls = getattr(nn, path.rsplit(".", 1)[-1], None)
+    if not path.startswith("torch.") or not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelLoadError(
+            f"activation {path!r} is not a torch.nn module; minisbert never imports code named in a model folder"
+        )
+    return cls()
+
+
 def read_sentence_transformer(folder: Path, allow_pickle: bool = False) -> dict:
     """Parse an ST folder into a plain description the BiEncoder is built from."""
     modules = read_modules(folder)

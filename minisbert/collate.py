@@ -12,8 +12,9 @@ texts (tests pin this).
     collate              TokenizedColumn + row indices -> {"input_ids" (b, L), "attention_mask" (b, L), ...}
     trim_padding         a feature dict cut to its longest row (drops trailing all-padding columns)
 
-The model decides which keys it takes (e.g. no token_type_ids for XLM-R): `feature_keys(model)`
-asks its own `tokenize`. Shapes: b rows of a batch, L the longest row of the batch.
+It takes plain values, never a model: the tokenizer, the max length, and the model's `input_names` (the
+features its backbone takes); a column keeps those of them the tokenizer gives (XLM-R's gives no
+token_type_ids), as the model's own `tokenize` does. Shapes: b rows of a batch, L the longest row of the batch.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backbone import Truncation
-from .tokenizer import encode
+from .tokenizer import Truncation, prompt_length, tokenize
 
 
 @dataclass
@@ -47,15 +47,8 @@ class TokenizedColumn:
         return np.diff(self.offsets)
 
 
-def feature_keys(model) -> tuple[str, ...]:
-    """The tensor features `model.tokenize` returns (and its forward reads), in order."""
-    from .cross_encoder import CrossEncoder
-
-    probe = model.tokenize([("a", "b")]) if isinstance(model, CrossEncoder) else model.tokenize(["a"])
-    return tuple(k for k, v in probe.items() if isinstance(v, torch.Tensor))
-
-
-def _pack(encoded, keys, tokenizer, prompt_length: int) -> TokenizedColumn:
+def _pack(encoded, input_names, tokenizer, prompt_tokens: int) -> TokenizedColumn:
+    keys = tuple(k for k in input_names if k in encoded)  # (B, L) features the tokenizer gives and the model takes
     rows = encoded["input_ids"]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -63,31 +56,28 @@ def _pack(encoded, keys, tokenizer, prompt_length: int) -> TokenizedColumn:
     flat = lambda lists: np.fromiter((t for r in lists for t in r), dtype=np.int64, count=int(offsets[-1]))  # noqa: E731
     type_ids = flat(encoded["token_type_ids"]) if "token_type_ids" in keys else None
     return TokenizedColumn(
-        ids=flat(rows), type_ids=type_ids, offsets=offsets, keys=tuple(keys),
+        ids=flat(rows), type_ids=type_ids, offsets=offsets, keys=keys,
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         pad_type_id=getattr(tokenizer, "pad_token_type_id", 0), padding_side=tokenizer.padding_side,
-        prompt_length=prompt_length,
+        prompt_length=prompt_tokens,
     )
 
 
-def tokenize_column(model, texts, *, prompt: str | None = None, truncation: Truncation | None = None) -> TokenizedColumn:
-    """One text column of a bi-encoder's data, with the training prompt prepended (as ST's collator)."""
+def tokenize_column(tokenizer, texts, *, max_length: int, input_names, prompt: str | None = None,
+                    truncation: Truncation | None = None) -> TokenizedColumn:
+    """One text column of a bi-encoder's data, with the training prompt prepended (as ST's collator):
+    `tokenize_column(model.tokenizer, texts, max_length=model.max_length, input_names=model.input_names)`."""
     if prompt:
         texts = [prompt + t for t in texts]
-    encoded = encode(model.tokenizer, list(texts), max_length=model.max_length)
-    if truncation is not None:
-        truncation.max_length = model.max_length
-        truncation.add(encoded)
-    return _pack(encoded, feature_keys(model), model.tokenizer, model.prompt_length(prompt))
+    encoded = tokenize(tokenizer, list(texts), max_length=max_length, truncation=truncation)
+    return _pack(encoded, input_names, tokenizer, prompt_length(tokenizer, prompt))
 
 
-def tokenize_pairs(model, queries, documents, *, truncation: Truncation | None = None) -> TokenizedColumn:
+def tokenize_pairs(tokenizer, queries, documents, *, max_length: int, input_names,
+                   truncation: Truncation | None = None) -> TokenizedColumn:
     """(query, document) pairs for a cross-encoder: one column of joint inputs."""
-    encoded = encode(model.tokenizer, list(queries), list(documents), max_length=model.max_length)
-    if truncation is not None:
-        truncation.max_length = model.max_length
-        truncation.add(encoded)
-    return _pack(encoded, feature_keys(model), model.tokenizer, 0)
+    encoded = tokenize(tokenizer, list(queries), list(documents), max_length=max_length, truncation=truncation)
+    return _pack(encoded, input_names, tokenizer, 0)
 
 
 def collate(column: TokenizedColumn, indices) -> dict:

@@ -11,8 +11,8 @@ Shapes: B pairs, L tokens, C labels.
 
 from __future__ import annotations
 
-import inspect
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,12 +20,13 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import packing
+from . import tokenizer as tokenization
 from .backbone import (
-    Truncation, check_config, check_texts, default_device, in_batches, load_backbone, load_tokenizer, max_length_for,
+    backbone_input_names, check_config, check_texts, default_device, in_batches, load_backbone, max_length_for,
     quiet_transformers, set_checkpointing,
 )
-from .bi_encoder import activation_from_path
-from .tokenizer import encode
+from .checkpoint import activation_from_path
+from .tokenizer import Truncation, load_tokenizer
 
 SIGMOID = "torch.nn.modules.activation.Sigmoid"
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -45,15 +46,20 @@ def _saved_activation(folder: Path, config) -> str | None:
 class CrossEncoder(nn.Module):
     """Scores text pairs: sentence-transformers' CrossEncoder, in one class."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, max_length: int = 512, activation_fn: str | None = None):
+    def __init__(self, backbone: nn.Module, tokenizer, *, max_length: int = 512, activation_fn: str | None = None):
         super().__init__()
-        self.model = model
+        self.backbone = backbone  # a *ForSequenceClassification: (B, L) ids -> (B, C) logits
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
         self.activation_fn_name = activation_fn or (SIGMOID if self.num_labels == 1 else IDENTITY)
         self.activation = activation_from_path(self.activation_fn_name)
-        accepted = inspect.signature(model.forward).parameters
-        self._model_inputs = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in accepted]
+        self.input_names = backbone_input_names(backbone)  # the features its forward reads (collate keeps these)
+
+    @property
+    def model(self) -> nn.Module:
+        """Deprecated name of `backbone` (BiEncoder's name for the same thing)."""
+        warnings.warn("CrossEncoder.model is deprecated: use CrossEncoder.backbone", DeprecationWarning, stacklevel=2)
+        return self.backbone
 
     @classmethod
     def from_pretrained(
@@ -75,21 +81,21 @@ class CrossEncoder(nn.Module):
         kwargs = {}
         if not is_classifier or num_labels is not None:
             kwargs["num_labels"] = num_labels or 1
-        model = load_backbone(root, "AutoModelForSequenceClassification", allow_pickle=allow_pickle, dtype=dtype,
-                              native=native, config_kwargs=kwargs)
+        backbone = load_backbone(root, "AutoModelForSequenceClassification", allow_pickle=allow_pickle, dtype=dtype,
+                                 native=native, config_kwargs=kwargs)
         tokenizer = load_tokenizer(root)
         saved_len = (ckpt.read_json(root / "sentence_bert_config.json", {}) or {}).get("max_seq_length") if not is_classifier else None
         ce = cls(
-            model, tokenizer,
-            max_length=max_length_for(tokenizer, model.config, saved_len, max_length, pairs=True, where=str(root)),
-            activation_fn=activation_fn or (_saved_activation(folder, model.config) if is_classifier else None),
+            backbone, tokenizer,
+            max_length=max_length_for(tokenizer, backbone.config, saved_len, max_length, pairs=True, where=str(root)),
+            activation_fn=activation_fn or (_saved_activation(folder, backbone.config) if is_classifier else None),
         )
         ce.name_or_path = str(name_or_path)
         return ce.to(default_device(device)).eval()
 
     @property
     def num_labels(self) -> int:
-        return self.model.config.num_labels
+        return self.backbone.config.num_labels
 
     @property
     def device(self) -> torch.device:
@@ -100,10 +106,10 @@ class CrossEncoder(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each backbone layer's activations in backward instead of keeping them (as
         BiEncoder.gradient_checkpointing_enable)."""
-        set_checkpointing(self.model, True, gradient_checkpointing_kwargs)
+        set_checkpointing(self.backbone, True, gradient_checkpointing_kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        set_checkpointing(self.model, False)
+        set_checkpointing(self.backbone, False)
 
     activation_checkpointing_enable = gradient_checkpointing_enable
     activation_checkpointing_disable = gradient_checkpointing_disable
@@ -112,17 +118,15 @@ class CrossEncoder(nn.Module):
         """(query, document) pairs -> {"input_ids" (B, L), "attention_mask" (B, L), ...}."""
         a = [p[0] for p in pairs]
         b = [p[1] for p in pairs]
-        batch = encode(self.tokenizer, a, b, padding=True, max_length=self.max_length, return_tensors=True)
-        if truncation is not None:
-            truncation.max_length = self.max_length
-            truncation.add(batch)
-        return {k: batch[k] for k in self._model_inputs if k in batch}
+        batch = tokenization.tokenize(self.tokenizer, a, b, padding=True, max_length=self.max_length,
+                                      return_tensors=True, truncation=truncation)
+        return {k: batch[k] for k in self.input_names if k in batch}
 
     def forward(self, features: dict) -> torch.Tensor:
         """Raw logits (B, C); no activation (losses such as bce take logits)."""
-        inputs = {k: features[k].to(self.device) for k in self._model_inputs if k in features}
-        logits = packing.classifier_logits(self.model, inputs)  # padding-free where it applies (packing.py)
-        return logits if logits is not None else self.model(**inputs).logits
+        inputs = {k: features[k].to(self.device) for k in self.input_names if k in features}
+        logits = packing.classifier_logits(self.backbone, inputs)  # padding-free where it applies (packing.py)
+        return logits if logits is not None else self.backbone(**inputs).logits
 
     # ------------------------------------------------------------------ inference
 
@@ -179,16 +183,11 @@ class CrossEncoder(nn.Module):
 
         with ckpt.atomic_dir(path) as tmp:
             with quiet_transformers():
-                self.model.save_pretrained(tmp)
+                self.backbone.save_pretrained(tmp)
             config = json.loads((tmp / "config.json").read_text())
             config["sentence_transformers"] = {"activation_fn": self.activation_fn_name, "version": "4.1.0"}
             config["sbert_ce_default_activation_function"] = self.activation_fn_name
             ckpt.write_json(tmp / "config.json", config)
-            old = self.tokenizer.model_max_length
-            self.tokenizer.model_max_length = self.max_length
-            try:
-                self.tokenizer.save_pretrained(tmp)
-            finally:
-                self.tokenizer.model_max_length = old
+            tokenization.save(self.tokenizer, tmp, model_max_length=self.max_length)
             (tmp / "README.md").write_text(model_card or cross_encoder_card(self), encoding="utf-8")
         return Path(path)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import Truncation, logger, progress
+from .backbone import logger, progress
+from .tokenizer import Truncation
 
 
 def _lines(path: Path):

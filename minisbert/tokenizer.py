@@ -1,31 +1,43 @@
-"""A BERT WordPiece tokenizer read from tokenizer.json with the `tokenizers` library alone.
+"""Every tokenizer minisbert uses: loading it (natively or with AutoTokenizer), tokenizing with a truncation
+count, and saving it.
 
-Why: every `import transformers` scans its model folders to build its lazy import table (about 1 s on the
-2-core CPU), and AutoTokenizer adds 0.5-0.8 s more; train.py's launch and `encode()` from a cold start
-need only the Rust tokenizer, which loads in ~50 ms.
+    Tokenizer         a BERT WordPiece tokenizer over a `tokenizers.Tokenizer`, read without transformers
+                      (launch time: benchmarks/README.md, decision table: native BERT tokenizer);
+                      `.transformers` is the full AutoTokenizer of the same files, loaded on first use
+    load_tokenizer    a folder -> a Tokenizer where it equals transformers', else AutoTokenizer's tokenizer
+    tokenize          texts [and pairs] -> ids, type ids and mask, for either kind; counts truncated inputs
+    Truncation        that count, reported once per call or run (truncation is never silent, ST #4060)
+    save              the tokenizer files with the model's max length, for either kind
 
-`load(folder)` returns a Tokenizer only where the result is provably the one transformers builds, and
-None otherwise (the caller then uses AutoTokenizer). transformers 4 used tokenizer.json as saved;
-transformers 5 rebuilds a BertTokenizer from the vocabulary and tokenizer_config.json
-(models/bert/tokenization_bert.py). So the gate is: tokenizer_config.json names BertTokenizer(Fast), and
-every part of tokenizer.json (model, normalizer, pre-tokenizer, post-processor, special tokens) equals
-what that rebuild makes from the config. Then both generations of transformers tokenize as this does;
-padding / truncation sides that only tokenizer.json sets count only where the installed transformers
-reads them there (4.x, 5.3+; `_sides_from_tokenizer_json`).
+`load(folder)` gives a Tokenizer only where the result is provably the one transformers builds, and None
+otherwise. transformers 4 used tokenizer.json as saved; transformers 5 rebuilds a BertTokenizer from the
+vocabulary and tokenizer_config.json (models/bert/tokenization_bert.py). So the gate is: tokenizer_config.json
+names BertTokenizer(Fast), and every part of tokenizer.json (model, normalizer, pre-tokenizer, post-processor,
+special tokens) equals what that rebuild makes from the config. Then both generations of transformers tokenize
+as this does; padding / truncation sides that only tokenizer.json sets count only where the installed
+transformers reads them there (4.x, 5.3+; `_sides_from_tokenizer_json`).
 
-The encoding path (`encode`, which also takes a transformers tokenizer) covers what minisbert asks of a
-tokenizer: texts or (a, b) pairs, optional truncation to max_length (longest_first) and padding to the
-longest, lists or (B, L) int64 tensors, and the Rust encodings (for truncation counts). Any other attribute (`decode`, `save_pretrained`,
-`add_tokens`, `vocab`, ...) loads the transformers tokenizer once, and from then on every call, `encode`
-included, goes to it, so changes made through it are never bypassed. It is built from the tokenizer files as
-they were when the model was loaded, kept in memory (as sentence-transformers keeps its tokenizer), so a model
-still saves after its source folder was moved or deleted (a `--model` folder removed during training).
+A Tokenizer does what minisbert asks of a tokenizer and nothing else: `tokenize` (texts or (a, b) pairs,
+optional longest_first truncation, padding to the longest, lists or (B, L) int64 tensors, the Rust encodings
+for truncation counts), the settings collate reads, the special-token count, and `save_pretrained`. Everything
+else (`decode`, `add_tokens`, the vocabulary, ...) is `tokenizer.transformers`, a separate AutoTokenizer built
+from the tokenizer files as they were when the model was loaded (kept in memory, as sentence-transformers keeps
+its tokenizer, so a model still saves after its source folder was moved or deleted). What `tokenize` does never
+depends on whether `.transformers` was loaded; a change to the vocabulary or special tokens made through it is
+not seen by `tokenize` (load with `native=False` to work on a transformers tokenizer throughout).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+
+from .checkpoint import ModelLoadError
+
+logger = logging.getLogger("minisbert")
 
 BERT_CLASSES = ("BertTokenizer", "BertTokenizerFast")
 BERT_DEFAULTS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
@@ -37,6 +49,9 @@ SNAPSHOT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map
 # Settings that change what transformers' tokenizer does in ways this class does not reproduce.
 UNSUPPORTED_SETTINGS = ("split_special_tokens", "additional_special_tokens", "extra_special_tokens", "add_bos_token",
                         "add_eos_token", "bos_token", "eos_token")
+# The files one of which AutoTokenizer needs (transformers 5 silently builds an empty vocabulary without them).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
+VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when the config has none
 
 
 class Encoded(dict):
@@ -47,56 +62,75 @@ class Encoded(dict):
         self.encodings = encodings
 
 
-class Tokenizer:
-    """The fast encoding path of a BERT tokenizer; see the module docstring for what it covers.
+def _setting(name: str, settable: bool = False) -> property:
+    """A Tokenizer setting read from its settings; a settable one is also handed to `.transformers` when set."""
+    def get(self):
+        return self._settings[name]
 
-    The settings the encoding path reads (pad token and id, padding and truncation side, model_max_length,
-    the special ids) are answered from tokenizer_config.json until the transformers tokenizer is loaded,
-    and from it afterwards, so a change made through it (a new pad token, say) is what minisbert uses.
-    Of them, model_max_length, padding_side and truncation_side can be set before it is loaded (and are
-    handed to it then); setting anything else loads it and sets it there.
+    def put(self, value):
+        self._set(name, value)
+
+    return property(get, put if settable else None, doc=f"transformers' `{name}` of this tokenizer")
+
+
+class Tokenizer:
+    """A BERT WordPiece tokenizer read by `tokenizers` alone; see the module docstring for what it covers.
+
+    Its settings answer as transformers' tokenizer of the same folder does. `padding_side`, `truncation_side`
+    and `model_max_length` can be set; they are handed to `.transformers` (when it is loaded, and as it is),
+    so a saved folder carries them.
     """
 
-    is_fast = True
-    model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
-    SETTABLE = ("model_max_length", "padding_side", "truncation_side")
-    _OWN = ("_backend", "_folder", "_files", "_do_lower_case", "_transformers", "_native")
+    SETTABLE = ("model_max_length", "padding_side", "truncation_side")  # handed to `.transformers` when it loads
 
     def __init__(self, backend, settings: dict, folder: Path, do_lower_case: bool = False, files: dict | None = None):
-        """`settings`: what transformers' tokenizer of `folder` would answer for the names in it (`load`);
-        `files`: {name: bytes} of the folder's tokenizer files (default: read now)."""
+        """`backend`: the tokenizers.Tokenizer; `settings`: what transformers' tokenizer of `folder` would answer
+        for the names in it (`load`); `files`: {name: bytes} of the folder's tokenizer files (default: read now)."""
         if files is None:
             files = {n: (folder / n).read_bytes() for n in SNAPSHOT_FILES if (folder / n).is_file()}
-        self.__dict__.update({
-            "_backend": backend,  # tokenizers.Tokenizer
-            "_folder": folder,
-            "_files": files,
-            "_do_lower_case": do_lower_case,
-            "_transformers": None,  # the transformers tokenizer, once anything beyond `encode` was asked for
-            "_native": dict(settings),
-        })
+        self.backend = backend
+        self.folder = folder
+        self._files = files
+        self._do_lower_case = do_lower_case
+        self._settings = dict(settings)
+        self._transformers = None  # the AutoTokenizer, once `.transformers` was asked for
 
-    # ------------------------------------------------------------------ encoding
+    # ------------------------------------------------------------------ settings (as transformers' names)
 
-    def encode_texts(self, texts, pairs=None, *, max_length: int | None = None, padding: bool = False,
-                     return_tensors: bool = False, add_special_tokens: bool = True) -> Encoded:
-        """`texts` (a str or a list) [with `pairs`] -> ids, type ids and mask; truncated to `max_length`
-        (longest_first) when given, padded to the longest when `padding`. A str gives flat lists."""
+    name_or_path = _setting("name_or_path")
+    pad_token = _setting("pad_token")
+    pad_token_id = _setting("pad_token_id")
+    pad_token_type_id = _setting("pad_token_type_id")
+    all_special_ids = _setting("all_special_ids")
+    padding_side = _setting("padding_side", settable=True)
+    truncation_side = _setting("truncation_side", settable=True)
+    model_max_length = _setting("model_max_length", settable=True)
+
+    def _set(self, name: str, value) -> None:
+        self._settings[name] = value
         if self._transformers is not None:
-            return _transformers_encode(self._transformers, texts, pairs, max_length, padding, return_tensors,
-                                        add_special_tokens)
+            setattr(self._transformers, name, value)
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        """Special tokens added to one input (one pair when `pair`): the post-processor's count, as transformers'."""
+        return self.backend.num_special_tokens_to_add(pair)
+
+    # ------------------------------------------------------------------ tokenizing
+
+    def _tokenize(self, texts, pairs, max_length, padding, return_tensors, add_special_tokens) -> Encoded:
+        """`tokenize` for this kind (see there)."""
         single = isinstance(texts, str)
         batch = [texts] if single else list(texts)
         if pairs is not None:
             batch = list(zip(batch, [pairs] if single else list(pairs)))
-        backend, native = self._backend, self._native
+        backend, settings = self.backend, self._settings
         if max_length is None:
             backend.no_truncation()
         else:
-            backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=native["truncation_side"])
+            backend.enable_truncation(max_length, stride=0, strategy="longest_first", direction=settings["truncation_side"])
         if padding:
-            backend.enable_padding(direction=native["padding_side"], pad_id=native["pad_token_id"],
-                                   pad_type_id=native["pad_token_type_id"], pad_token=native["pad_token"])
+            backend.enable_padding(direction=settings["padding_side"], pad_id=settings["pad_token_id"],
+                                   pad_type_id=settings["pad_token_type_id"], pad_token=settings["pad_token"])
         else:
             backend.no_padding()
         encodings = backend.encode_batch(batch, add_special_tokens=add_special_tokens)
@@ -110,11 +144,7 @@ class Tokenizer:
             data = {k: v[0] for k, v in data.items()}
         return Encoded(data, encodings)
 
-    def __call__(self, text, text_pair=None, **kwargs):
-        """The transformers tokenizer's own __call__ (all its options, a BatchEncoding back)."""
-        return self.transformers(text, text_pair, **kwargs)
-
-    # ------------------------------------------------------------------ everything else: transformers
+    # ------------------------------------------------------------------ the transformers tokenizer
 
     @property
     def transformers(self):
@@ -123,52 +153,143 @@ class Tokenizer:
         if self._transformers is None:
             import tempfile
 
-            from .backbone import load_transformers_tokenizer
-
             with tempfile.TemporaryDirectory(prefix="minisbert-tokenizer-") as tmp:
                 for name, data in self._files.items():
                     (Path(tmp) / name).write_bytes(data)
                 tok = load_transformers_tokenizer(Path(tmp), do_lower_case=self._do_lower_case)
-            tok.name_or_path = str(self._folder)
+            tok.name_or_path = str(self.folder)
             for name in self.SETTABLE:
-                setattr(tok, name, self._native[name])
-            self.__dict__["_transformers"] = tok
+                setattr(tok, name, self._settings[name])
+            self._transformers = tok
         return self._transformers
 
-    def __getattr__(self, name):  # only for names not found on the object or its class
-        if name.startswith("__") or name in self._OWN:  # copy/pickle protocol; fields not yet restored
-            raise AttributeError(name)
-        if self._transformers is None and name in self._native:
-            return self._native[name]
-        return getattr(self.transformers, name)
+    def save_pretrained(self, folder) -> None:
+        """Write the tokenizer files as transformers does (through `.transformers`, with this one's settings)."""
+        self.transformers.save_pretrained(folder)
 
-    def __setattr__(self, name, value):
-        if self._transformers is None and name in self.SETTABLE:
-            self._native[name] = value
-        else:
-            setattr(self.transformers, name, value)
+    def __call__(self, text, text_pair=None, **kwargs):
+        """Deprecated: `tokenize(tokenizer, ...)`, or `tokenizer.transformers(...)` for transformers' options."""
+        warnings.warn("calling a minisbert Tokenizer is deprecated: use minisbert.tokenizer.tokenize(tokenizer, ...) "
+                      "or tokenizer.transformers(...)", DeprecationWarning, stacklevel=2)
+        return self.transformers(text, text_pair, **kwargs)
+
+    def decode(self, ids, **kwargs) -> str:
+        """Deprecated: `tokenizer.transformers.decode(...)`."""
+        warnings.warn("minisbert Tokenizer.decode is deprecated: use tokenizer.transformers.decode(...)",
+                      DeprecationWarning, stacklevel=2)
+        return self.transformers.decode(ids, **kwargs)
 
     def __repr__(self) -> str:
-        return f"minisbert.Tokenizer({str(self._folder)!r}, BERT WordPiece, transformers loaded: {self._transformers is not None})"
+        return f"minisbert.Tokenizer({str(self.folder)!r}, BERT WordPiece, transformers loaded: {self._transformers is not None})"
 
 
-VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when the config has none
+# ---------------------------------------------------------------------- tokenizing, for either kind
 
 
-def encode(tokenizer, texts, pairs=None, *, max_length: int | None = None, padding: bool = False,
-           return_tensors: bool = False, add_special_tokens: bool = True):
+@dataclass
+class Truncation:
+    """How many inputs of a call were cut to `max_length` tokens.
+
+    `rows`, when a list, also keeps each tokenized row's flag (cut or not), so that a call which
+    tokenizes each distinct text once (encode, predict) can count per input with `count_inputs`.
+    """
+
+    count: int = 0
+    total: int = 0
+    max_length: int = 0
+    rows: list[bool] | None = None
+
+    def add(self, batch) -> None:
+        cut = [bool(e.overflowing) for e in getattr(batch, "encodings", None) or []]
+        self.count += sum(cut)
+        self.total += len(cut)
+        if self.rows is not None:
+            self.rows += cut
+
+    def count_inputs(self, index) -> None:
+        """Count per input, input i having been tokenized as row index[i] of `rows`."""
+        self.count = sum(self.rows[i] for i in index)
+        self.total = len(index)
+
+    def report(self, what: str) -> None:
+        if self.count:
+            logger.warning(
+                "%s: %d of %d inputs were longer than max_length=%d tokens and were truncated to it",
+                what, self.count, self.total, self.max_length,
+            )
+
+
+def tokenize(tokenizer, texts, pairs=None, *, max_length: int | None = None, padding: bool = False,
+             return_tensors: bool = False, add_special_tokens: bool = True, truncation: Truncation | None = None):
     """What every minisbert caller tokenizes through, for a Tokenizer and a transformers tokenizer alike:
-    {"input_ids", "attention_mask", ...} as lists (flat for one str) or (B, L) tensors, with `.encodings`."""
+    {"input_ids", "attention_mask", ...} as lists (flat for one str) or (B, L) tensors, with `.encodings`;
+    truncated to `max_length` (longest_first) when given, padded to the longest when `padding`. The inputs
+    cut to `max_length` are added to `truncation` when given."""
     if isinstance(tokenizer, Tokenizer):
-        return tokenizer.encode_texts(texts, pairs, max_length=max_length, padding=padding,
-                                      return_tensors=return_tensors, add_special_tokens=add_special_tokens)
-    return _transformers_encode(tokenizer, texts, pairs, max_length, padding, return_tensors, add_special_tokens)
+        batch = tokenizer._tokenize(texts, pairs, max_length, padding, return_tensors, add_special_tokens)
+    else:
+        batch = tokenizer(texts, pairs, add_special_tokens=add_special_tokens, padding=padding,
+                          truncation="longest_first" if max_length is not None else False, max_length=max_length,
+                          return_tensors="pt" if return_tensors else None)
+    if truncation is not None:
+        truncation.max_length = max_length
+        truncation.add(batch)
+    return batch
 
 
-def _transformers_encode(tokenizer, texts, pairs, max_length, padding, return_tensors, add_special_tokens):
-    return tokenizer(texts, pairs, add_special_tokens=add_special_tokens, padding=padding,
-                     truncation="longest_first" if max_length is not None else False, max_length=max_length,
-                     return_tensors="pt" if return_tensors else None)
+def prompt_length(tokenizer, prompt: str | None) -> int:
+    """Tokens of `prompt` incl. the leading special token, excl. a trailing one (ST's count)."""
+    if not prompt:
+        return 0
+    ids = tokenize(tokenizer, prompt)["input_ids"]
+    return len(ids) - (1 if ids and ids[-1] in set(tokenizer.all_special_ids) else 0)
+
+
+def save(tokenizer, folder: Path, *, model_max_length: int) -> None:
+    """Write the tokenizer files with model_max_length set to the model's max length (as ST saves them),
+    leaving the tokenizer's own setting as it was."""
+    old = tokenizer.model_max_length
+    tokenizer.model_max_length = model_max_length
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.model_max_length = old
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def load_tokenizer(folder: Path, *, do_lower_case: bool = False, native: bool = False):
+    """The folder's tokenizer. `native`: a Tokenizer where it equals transformers' (a BERT WordPiece tokenizer,
+    read without importing transformers), else AutoTokenizer's."""
+    if native:
+        tok = load(folder, do_lower_case=do_lower_case)
+        if tok is not None:
+            return tok
+    return load_transformers_tokenizer(folder, do_lower_case=do_lower_case)
+
+
+def load_transformers_tokenizer(folder: Path, *, do_lower_case: bool = False):
+    """AutoTokenizer's tokenizer of `folder` (a fast one), or a ModelLoadError that says what is missing."""
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{folder} has no tokenizer files: expected one of {', '.join(TOKENIZER_FILES)} "
+            f"(save the tokenizer with the model)"
+        )
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not load a tokenizer from {folder}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            f" (a model folder needs tokenizer.json or the tokenizer's vocabulary files)"
+        ) from e
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(f"{folder}: minisbert needs a fast (tokenizers) tokenizer; found {type(tok).__name__}")
+    if do_lower_case:
+        prepend_lowercase(tok.backend_tokenizer)
+    return tok
 
 
 def load(folder: Path, do_lower_case: bool = False) -> Tokenizer | None:

@@ -98,3 +98,13 @@ def test_bad_pairs(tiny_classifier_dirs, tmp_path):
         ours.predict([("a", None)])
     with pytest.raises(ModelLoadError, match="does not exist"):
         CrossEncoder.from_pretrained(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("kind", ["bert", "xlmr", "modernbert"])
+def test_both_models_name_the_backbone_and_its_inputs_alike(kind, tiny_classifier_dirs, tiny_model_dirs):
+    """`backbone` and `input_names` mean the same on both models; `CrossEncoder.model` is the old name."""
+    ce, bi = CrossEncoder.from_pretrained(tiny_classifier_dirs[kind]), BiEncoder.from_pretrained(tiny_model_dirs[kind])
+    for model, features in ((ce, ce.tokenize(PAIRS[:2])), (bi, bi.tokenize(["a", "b c"]))):
+        assert isinstance(model.input_names, tuple) and set(features) - {"prompt_length"} <= set(model.input_names)
+    with pytest.warns(DeprecationWarning):
+        assert ce.model is ce.backbone

@@ -259,7 +259,7 @@ def test_bi_and_cross_encoder_equal_the_transformers_backbone(tiny_model_dirs, t
     pairs = [(texts[0], texts[1]), (texts[2], texts[0])]
     ce = CrossEncoder.from_pretrained(tiny_classifier_dirs["modernbert"])
     ref = CrossEncoder.from_pretrained(tiny_classifier_dirs["modernbert"], native=False)
-    assert isinstance(ce.model, modernbert.ModernBertClassifier) and type(ref.model).__name__ == "ModernBertForSequenceClassification"
+    assert isinstance(ce.backbone, modernbert.ModernBertClassifier) and type(ref.backbone).__name__ == "ModernBertForSequenceClassification"
     assert abs(ce.predict(pairs) - ref.predict(pairs)).max() < 1e-5
 
 
@@ -298,5 +298,5 @@ def test_trained_by_train_py_loads_in_sentence_transformers(tiny_model_dirs, tin
     folder = tmp_path / "ce" / "final"
     pairs = [(a, b) for a, b in zip(texts, texts[::-1])]
     ce = CrossEncoder.from_pretrained(folder)
-    assert isinstance(ce.model, modernbert.ModernBertClassifier)
+    assert isinstance(ce.backbone, modernbert.ModernBertClassifier)
     assert abs(ce.predict(pairs) - st.CrossEncoder(str(folder), device="cpu").predict(pairs)).max() <= 1e-5

@@ -186,7 +186,7 @@ def test_cross_encoder_logits_equal_padded(tiny_classifier_dirs, kind):
     model = CrossEncoder.from_pretrained(tiny_classifier_dirs[kind]).eval()
     pairs = list(zip(TEXTS, TEXTS[::-1]))
     features = model.tokenize(pairs)
-    assert packing.classifier_logits(model.model, features) is not None
+    assert packing.classifier_logits(model.backbone, features) is not None
     with torch.no_grad():
         ours = model(features)
         with packing.disabled():
@@ -220,7 +220,7 @@ def test_cross_encoder_left_padded_batch_uses_the_padded_path(tiny_classifier_di
     model = CrossEncoder.from_pretrained(tiny_classifier_dirs["bert"])
     features = model.tokenize([("a", "b"), ("a longer query", "and a longer document")])
     features["attention_mask"] = features["attention_mask"].flip(1)  # left padding
-    assert packing.classifier_logits(model.model, features) is None
+    assert packing.classifier_logits(model.backbone, features) is None
 
 
 def test_bf16_autocast_gradients_close_to_padded(tiny_model_dirs):

@@ -183,7 +183,7 @@ def test_reranker_on_modernbert(tiny_bert, tiny_modernbert, tmp_path):
     assert json.loads((out / "train" / "train_config.json").read_text())["gradient_checkpointing"] is True
     assert_trained(out / "train")
     ours = CrossEncoder.from_pretrained(out / "train" / "final", device="cpu")
-    assert isinstance(ours.model, ModernBertClassifier)
+    assert isinstance(ours.backbone, ModernBertClassifier)
     pairs = [(r["query"], r["passage"]) for r in common.read_jsonl(out / "data" / "trecqa-train-mined.jsonl")[:6]]
     theirs = st.CrossEncoder(str(out / "train" / "final"), device="cpu").predict(pairs)
     np.testing.assert_allclose(theirs, ours.predict(pairs), atol=1e-5, rtol=0)

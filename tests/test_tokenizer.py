@@ -1,7 +1,7 @@
 """minisbert.tokenizer against transformers' AutoTokenizer on the same folders: the same ids, type ids and
 masks (texts, pairs, truncation, padding either side, ST's do_lower_case), folders saved by transformers
 admitted, folders whose tokenizer.json and config disagree refused (and shown to matter), everything
-beyond encoding delegated, and no transformers import on the encode path (the reason it exists)."""
+beyond tokenizing in `.transformers`, and no transformers import on the encode path (the reason it exists)."""
 
 import copy
 import json
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from minisbert import BiEncoder, tokenizer
-from minisbert.backbone import load_transformers_tokenizer
+from minisbert.tokenizer import load_transformers_tokenizer
 
 TEXTS = [
     "A man is playing a guitar.", "Héllo wörld, naïve café", "中文分词 and 日本語 text", "emoji 😀 and symbols ™ © ½",
@@ -40,11 +40,11 @@ def _compare(folder: Path, do_lower_case=False):
     theirs = load_transformers_tokenizer(folder, do_lower_case=do_lower_case)
     for kwargs in ({}, {"max_length": 9}, {"max_length": 64, "padding": True, "return_tensors": True},
                    {"padding": True}, {"max_length": 7, "padding": True, "return_tensors": True}):
-        _same(tokenizer.encode(ours, TEXTS, **kwargs), tokenizer.encode(theirs, TEXTS, **kwargs))
-        _same(tokenizer.encode(ours, TEXTS, PAIRS, **kwargs), tokenizer.encode(theirs, TEXTS, PAIRS, **kwargs))
-    _same(tokenizer.encode(ours, "one string"), tokenizer.encode(theirs, "one string"))  # flat lists
+        _same(tokenizer.tokenize(ours, TEXTS, **kwargs), tokenizer.tokenize(theirs, TEXTS, **kwargs))
+        _same(tokenizer.tokenize(ours, TEXTS, PAIRS, **kwargs), tokenizer.tokenize(theirs, TEXTS, PAIRS, **kwargs))
+    _same(tokenizer.tokenize(ours, "one string"), tokenizer.tokenize(theirs, "one string"))  # flat lists
     overflow = lambda enc: [e.overflowing != [] for e in enc.encodings]  # noqa: E731  Truncation's count
-    assert overflow(tokenizer.encode(ours, TEXTS, max_length=9)) == overflow(tokenizer.encode(theirs, TEXTS, max_length=9))
+    assert overflow(tokenizer.tokenize(ours, TEXTS, max_length=9)) == overflow(tokenizer.tokenize(theirs, TEXTS, max_length=9))
     assert (ours.pad_token_id, ours.pad_token_type_id, ours.padding_side, ours.model_max_length) == (
         theirs.pad_token_id, theirs.pad_token_type_id, theirs.padding_side, theirs.model_max_length)
     assert sorted(ours.all_special_ids) == sorted(theirs.all_special_ids)
@@ -173,39 +173,48 @@ def test_other_tokenizers_and_missing_files_are_not_loaded_natively(tiny_model_d
     assert tokenizer.load(folder) is None  # vocab.txt only: transformers converts it
 
 
-def test_everything_beyond_encoding_is_transformers_and_then_wins(tmp_path):
+def test_everything_beyond_tokenizing_is_the_transformers_tokenizer(tmp_path):
+    """`.transformers` is AutoTokenizer's tokenizer of the same files, for everything minisbert does not do;
+    settings set on the Tokenizer reach it, before it is loaded and after; tokenizing never switches to it."""
     folder = _saved_bert(tmp_path)
     ours = tokenizer.load(folder)
     twin = copy.deepcopy(ours)  # copying does not load transformers
-    assert twin._transformers is None and tokenizer.encode(twin, TEXTS) == tokenizer.encode(ours, TEXTS)
+    assert twin._transformers is None and tokenizer.tokenize(twin, TEXTS) == tokenizer.tokenize(ours, TEXTS)
     ours.model_max_length = 33  # set before transformers is loaded: carried over
     reference = load_transformers_tokenizer(folder)
-    ids = tokenizer.encode(ours, "hello there")["input_ids"]
-    assert ours.decode(ids) == reference.decode(ids)  # delegated
+    ids = tokenizer.tokenize(ours, "hello there")["input_ids"]
+    assert ours.transformers.decode(ids) == reference.decode(ids)
     assert ours.transformers.model_max_length == 33
-    assert type(ours("a b", return_tensors="pt")).__name__ == "BatchEncoding"  # __call__ is transformers'
-    ours.add_tokens(["zzqqxx"])  # a change made through transformers ...
-    reference.add_tokens(["zzqqxx"])
-    assert tokenizer.encode(ours, ["a zzqqxx b"])["input_ids"] == reference(["a zzqqxx b"])["input_ids"]  # ... is seen
-    ours.add_special_tokens({"pad_token": "[MASK]"})  # the settings collate reads follow it too
-    ours.padding_side = "left"
-    assert (ours.pad_token_id, ours.padding_side) == (ours.transformers.pad_token_id, "left") == (103, "left")
-    padded = tokenizer.encode(ours, ["a", "a b c"], padding=True)["input_ids"]
-    assert padded[0][:2] == [103, 103]
+    assert type(ours.transformers("a b", return_tensors="pt")).__name__ == "BatchEncoding"
+    ours.padding_side = "left"  # set after it is loaded: handed to it too
+    assert (ours.padding_side, ours.transformers.padding_side) == ("left", "left")
+    padded = tokenizer.tokenize(ours, ["a", "a b c"], padding=True)["input_ids"]
+    assert padded == reference(["a", "a b c"], padding=True, padding_side="left")["input_ids"] and padded[0][0] == 0
+    with pytest.warns(DeprecationWarning):  # the names that were delegated, kept one release
+        assert ours.decode(ids) == reference.decode(ids)
+    with pytest.warns(DeprecationWarning):
+        assert ours("a b")["input_ids"] == reference("a b")["input_ids"]
+    assert not hasattr(ours, "add_tokens")  # no delegation: a vocabulary change is made on `.transformers` itself
+
+
+def test_special_token_counts_equal_transformers(tmp_path):
+    ours = tokenizer.load(_saved_bert(tmp_path))
+    for pair in (False, True):
+        assert ours.num_special_tokens_to_add(pair=pair) == ours.transformers.num_special_tokens_to_add(pair=pair)
 
 
 def test_settings_before_transformers_is_loaded_are_handed_to_it(tmp_path):
     ours = tokenizer.load(_saved_bert(tmp_path))
     ours.padding_side, ours.truncation_side, ours.model_max_length = "left", "left", 21
     texts = ["one two three four five six seven", "eight"]
-    before = tokenizer.encode(ours, texts, max_length=5, padding=True)
+    before = tokenizer.tokenize(ours, texts, max_length=5, padding=True)
     assert ours._transformers is None
-    tail = tokenizer.encode(ours, "five six seven", add_special_tokens=False)["input_ids"]
+    tail = tokenizer.tokenize(ours, "five six seven", add_special_tokens=False)["input_ids"]
     assert before["input_ids"][1][0] == ours.pad_token_id and before["input_ids"][0][1:4] == tail  # left pad, left cut
     ours.transformers  # noqa: B018  load it
     assert (ours.transformers.padding_side, ours.transformers.truncation_side, ours.transformers.model_max_length) == (
         "left", "left", 21)
-    assert tokenizer.encode(ours, texts, max_length=5, padding=True) == before
+    assert tokenizer.tokenize(ours, texts, max_length=5, padding=True) == before
 
 
 def test_saved_tokenizer_files_equal_the_transformers_path(minilm_path, tmp_path):

@@ -39,7 +39,8 @@ TEXTS = ["A man is playing a guitar.", "Two dogs run across the field while chil
 def test_collate_equals_model_tokenize(tiny):
     model, _ = tiny
     for prompt in (None, "query: "):
-        column = tokenize_column(model, TEXTS, prompt=prompt)
+        column = tokenize_column(model.tokenizer, TEXTS, max_length=model.max_length, input_names=model.input_names,
+                                 prompt=prompt)
         for rows in ([0, 1, 2, 3, 4], [4, 2], [3]):
             ours = collate(column, rows)
             ref = model.tokenize([TEXTS[i] for i in rows], prompt=prompt)
@@ -52,7 +53,7 @@ def test_collate_left_padding_equals_model_tokenize(tiny):
     model, _ = tiny
     model.tokenizer.padding_side = "left"  # decoder-style tokenizers pad on the left
     try:
-        column = tokenize_column(model, TEXTS)
+        column = tokenize_column(model.tokenizer, TEXTS, max_length=model.max_length, input_names=model.input_names)
         ours, ref = collate(column, [0, 2, 4]), model.tokenize([TEXTS[i] for i in (0, 2, 4)])
         assert all(torch.equal(ours[k], ref[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
         assert ours["attention_mask"][1, 0] == 0
@@ -90,7 +91,7 @@ def test_trim_padding_cuts_only_all_padding_trailing_columns(tiny, side):
 
 def test_collate_pairs_equals_cross_encoder_tokenize(tiny):
     _, ce = tiny
-    column = tokenize_pairs(ce, TEXTS, TEXTS[::-1])
+    column = tokenize_pairs(ce.tokenizer, TEXTS, TEXTS[::-1], max_length=ce.max_length, input_names=ce.input_names)
     rows = [1, 0, 4]
     ours = collate(column, rows)
     ref = ce.tokenize([(TEXTS[i], TEXTS[::-1][i]) for i in rows])
@@ -99,12 +100,13 @@ def test_collate_pairs_equals_cross_encoder_tokenize(tiny):
 
 
 def test_truncation_is_counted_up_front(tiny):
-    from minisbert.backbone import Truncation
+    from minisbert.tokenizer import Truncation, tokenize
 
     model, _ = tiny
     truncation = Truncation()
-    column = tokenize_column(model, TEXTS, truncation=truncation)
-    lengths = [len(model.tokenizer(t)["input_ids"]) for t in TEXTS]
+    column = tokenize_column(model.tokenizer, TEXTS, max_length=model.max_length, input_names=model.input_names,
+                             truncation=truncation)
+    lengths = [len(tokenize(model.tokenizer, t)["input_ids"]) for t in TEXTS]
     assert truncation.total == len(TEXTS) and truncation.count == sum(n > 12 for n in lengths) == 2
     assert column.lengths().max() == 12
 
