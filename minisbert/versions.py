@@ -6,10 +6,10 @@ another just for this.
 
 from __future__ import annotations
 
-from importlib.metadata import version
+from importlib import metadata
 
 
 def transformers_version() -> tuple[int, int]:
     """(major, minor) of the installed transformers, read without importing it (that import takes ~1 s)."""
-    major, minor = (int(part) for part in version("transformers").split(".")[:2])
+    major, minor = (int(part) for part in metadata.version("transformers").split(".")[:2])
     return major, minor

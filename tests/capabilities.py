@@ -1,4 +1,4 @@
-"""Skip marks for tests that pin a hardware-specific kernel (minisbert/kernels.py): they skip, with the reason,
+"""Skip marks for tests that pin a hardware-specific kernel (minisbert/fast/kernels.py): they skip, with the reason,
 where the kernel probe says no or MINISBERT_KERNELS=portable forces the portable path."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minisbert import kernels
+from minisbert.fast import kernels
 
 
 def needs_onednn(dtype: torch.dtype):

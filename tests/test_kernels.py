@@ -1,4 +1,4 @@
-"""The kernel choices (minisbert/kernels.py): the fast path equals the portable one to rounding, a probe that
+"""The kernel choices (minisbert/fast/kernels.py): the fast path equals the portable one to rounding, a probe that
 fails (as oneDNN's bf16 linear does on an AVX2-only CPU) falls back without a crash and with the same
 results, MINISBERT_KERNELS=portable / kernels.portable() force the portable path, non-x86 CPUs take it by
 default, and bf16 where it would be emulated computes correctly and says so exactly once."""
@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from capabilities import needs_onednn
-from minisbert import BiEncoder, CrossEncoder, kernels, packing
+from minisbert import BiEncoder, CrossEncoder
+from minisbert.fast import kernels, packing
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["A man is playing a guitar.", "Two dogs run across the field while the children watch them from far away.",
@@ -167,7 +168,7 @@ def test_portable_context_and_non_x86_use_no_onednn(tiny, auto, monkeypatch):
 def test_environment_switch(tmp_path):
     """MINISBERT_KERNELS=portable in the environment forces the portable path for the whole process; an
     unknown value is refused with the values it takes."""
-    code = "from minisbert import kernels; import torch; print(kernels.describe('cpu', torch.bfloat16, optimizer=True))"
+    code = "from minisbert.fast import kernels; import torch; print(kernels.describe('cpu', torch.bfloat16, optimizer=True))"
     env = dict(os.environ, PYTHONPATH=str(ROOT), MINISBERT_KERNELS="portable")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.startswith("portable (forced)") and out.strip().endswith("adamw-plain")
@@ -213,7 +214,8 @@ def test_an_avx2_only_cpu_for_real(tiny_model_dirs, tmp_path):
     autocast) runs and agrees with fp32, and the warning comes once."""
     code = f"""
 import json, warnings, torch
-from minisbert import BiEncoder, kernels
+from minisbert import BiEncoder
+from minisbert.fast import kernels
 warnings.simplefilter("always")
 texts = {TEXTS!r}
 with warnings.catch_warnings(record=True) as record:
