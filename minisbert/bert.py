@@ -1,8 +1,8 @@
 """BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa, CamemBERT) in plain torch, loaded from their folder.
 
 Why it exists: importing transformers' modeling code for BERT (`transformers.modeling_utils`, which pulls
-in torch._dynamo, torch.distributed.tensor, sympy and scipy) takes 3-4 s of CPU, more than torch itself,
-and a bi-encoder needs none of it. `load(folder)` builds the encoder from config.json and the safetensors
+in torch._dynamo, torch.distributed.tensor, sympy and scipy) takes seconds, more than torch itself, and a
+bi-encoder needs none of it (benchmarks/README.md, decision table: BERT-family encoders in plain torch). `load(folder)` builds the encoder from config.json and the safetensors
 weights with torch alone.
 
 It is the same network as transformers' BertModel / RobertaModel / XLMRobertaModel / CamembertModel:
@@ -135,7 +135,7 @@ class EncoderOutput:
 
 def _embedding(rows: int, width: int, padding_idx: int | None = None) -> nn.Embedding:
     """An nn.Embedding whose table is left uninitialized (`load` assigns it): nn.Embedding's own init
-    (normal_) on the meta device imports torch._dynamo, ~1 s."""
+    (normal_) on the meta device imports torch._dynamo (decision table: BERT-family encoders in plain torch)."""
     return nn.Embedding(rows, width, padding_idx=padding_idx, _weight=torch.empty(rows, width))
 
 

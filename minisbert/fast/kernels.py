@@ -7,7 +7,7 @@ fallback that gives the same results to float rounding.
                             fallback the plain (out, in) weight
     adamw_kernel(dev, dt)   torch._fused_adamw_, or torch's torch._foreach_* sequence; fallback the AdamW formula
                             tensor by tensor with public ops (torch.optim.AdamW(foreach=False)'s op sequence)
-    gelu_backward(g, u)     aten's gelu_backward (packing's recomputing feed-forward); fallback its formula
+    gelu_backward(g, u)     aten's gelu_backward (fast/packing.py's recomputing feed-forward); fallback its formula
     bf16_native(device)     whether bf16 matmuls run natively there; `warn_if_bf16_emulated` says so once
     describe(device, dtype) the kernels a run uses, for train.py's startup line and the benchmark table
 
@@ -16,9 +16,11 @@ the public operation's result on the same inputs; any exception or disagreement 
 Capability flags alone are not proof: on an AVX2-only CPU `_linear_pointwise` exists but cannot build a bf16
 primitive. The probes draw no random numbers from torch's generators (runs stay reproducible).
 
-The portable path everywhere: MINISBERT_KERNELS=portable in the environment, or `with kernels.portable():`.
-oneDNN's linear is chosen only on x86 CPUs, where it was measured (benchmarks/README.md); elsewhere
-(e.g. aarch64 with oneDNN + ACL) the portable path is the default until someone measures it.
+The portable path everywhere: MINISBERT_KERNELS=portable in the environment, or `with kernels.portable():`
+(the padding-free path still runs, on public operations; MINISBERT_FAST=0 turns the whole fast path off).
+oneDNN's linear is chosen only on x86 CPUs, where it was measured (benchmarks/README.md, "What the
+measurements decided": which CPUs get the oneDNN kernels); elsewhere (e.g. aarch64 with oneDNN + ACL) the
+portable path is the default until someone measures it.
 """
 
 from __future__ import annotations
