@@ -13,6 +13,7 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
+from capabilities import needs_fast
 from minisbert import BiEncoder, bert, fast
 from minisbert.fast import packing
 
@@ -199,6 +200,7 @@ def test_bi_encoder_native_equals_transformers_backbone(tiny_model_dirs, minilm_
                                    atol=1e-5, rtol=1e-4)
 
 
+@needs_fast
 def test_packed_transformers_backbone_without_a_scaling_attribute(minilm_path):
     """transformers 4's BERT attention has no `.scaling` (5.x's does): the packed path scales by 1/sqrt(d) then,
     in inference and in training with dropout, and still equals transformers' own padded forward."""

@@ -16,10 +16,11 @@ import pytest
 import torch
 import transformers as tf
 
+from capabilities import needs_fast
 from minisbert import BiEncoder, CrossEncoder, fast, modernbert
 from minisbert.backbone import load_backbone
 
-PATHS = ["reference", "fast"]
+PATHS = ["reference", pytest.param("fast", marks=needs_fast)]
 
 
 def hidden(model, inputs, path):

@@ -17,10 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from capabilities import needs_onednn
+from capabilities import needs_fast, needs_onednn
 from minisbert import BiEncoder, fast
 from minisbert.fast import packing
 from minisbert.pooling import MODES
+
+pytestmark = needs_fast  # every test here pins the fast path against the reference
 
 TEXTS = [
     "A man is playing a guitar.", "Two dogs run across the field while the children watch them from far away.",
