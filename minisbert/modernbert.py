@@ -203,7 +203,7 @@ class ModernBertEncoder(nn.Module):
         self.rotary_emb = Rotary(config)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        """Recompute each layer's activations (on the packed tokens) in backward instead of keeping them."""
+        """Recompute each layer's activations in backward instead of keeping them (the fast path too)."""
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
