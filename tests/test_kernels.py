@@ -18,7 +18,7 @@ import torch
 
 from capabilities import needs_onednn
 from minisbert import BiEncoder, CrossEncoder
-from minisbert.fast import kernels, packing
+from minisbert.fast import kernels, linears
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["A man is playing a guitar.", "Two dogs run across the field while the children watch them from far away.",
@@ -246,11 +246,11 @@ def test_packing_reads_the_choice_at_call_time_and_only_for_cpu_tensors(tiny, au
     x = torch.zeros(4, 8)
     other = torch.zeros(4, 8, device="meta")
     with torch.inference_mode():
-        assert packing._inference_dtype(x) == (torch.float32 if kernels.onednn_linear(torch.float32) else None)
-        assert packing._inference_dtype(other) is None
+        assert linears.inference_dtype(x) == (torch.float32 if kernels.onednn_linear(torch.float32) else None)
+        assert linears.inference_dtype(other) is None
         with kernels.portable():
-            assert packing._inference_dtype(x) is None
-    assert packing._onednn_float32(x) == kernels.onednn_linear(torch.float32) and not packing._onednn_float32(other)
+            assert linears.inference_dtype(x) is None
+    assert linears.onednn_float32(x) == kernels.onednn_linear(torch.float32) and not linears.onednn_float32(other)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

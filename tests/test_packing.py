@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from capabilities import needs_fast, needs_onednn
 from minisbert import BiEncoder, fast
-from minisbert.fast import packing
+from minisbert.fast import linears, packing
 from minisbert.pooling import MODES
 
 pytestmark = needs_fast  # every test here pins the fast path against the reference
@@ -393,8 +393,8 @@ def test_inference_tiles_bound_matmul_shapes_and_equal_one_pass(tiny, monkeypatc
     equal one pass over the whole batch (float32: to rounding; bf16: to bf16 noise)."""
     model = tiny["bert"].eval()
     rows_seen = set()
-    real_linear = packing._linear
-    monkeypatch.setattr(packing, "_linear", lambda x, *a, **k: rows_seen.add(x.shape[0]) or real_linear(x, *a, **k))
+    real_linear = linears.linear
+    monkeypatch.setattr(linears, "linear", lambda x, *a, **k: rows_seen.add(x.shape[0]) or real_linear(x, *a, **k))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=0)
     tile = 2 * packing.ROWS_MULTIPLE
@@ -419,18 +419,18 @@ def test_inference_tiles_bound_matmul_shapes_and_equal_one_pass(tiny, monkeypatc
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reused_inference_weights_equal_per_batch_copies(tiny, dtype):
     """encode() makes each linear's inference weights (fused QKV, bf16 casts, oneDNN layout) once per call
-    (`packing.reusing_weights`); batches see the same results as with copies made per batch, and a later
+    (`linears.reusing_weights`); batches see the same results as with copies made per batch, and a later
     call sees weights changed in between."""
     model = tiny["bert"].eval()
     features = model.tokenize(TEXTS)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     with torch.inference_mode(), autocast:
         fresh = model(features)
-        with packing.reusing_weights():
+        with linears.reusing_weights():
             reused = [model(features) for _ in range(2)]
             att = model.backbone.encoder.layer[0].attention.self
-            assert packing._prepared(dtype, att.query, att.key, att.value)[0] is \
-                packing._prepared(dtype, att.query, att.key, att.value)[0]  # made once in the block
+            assert linears.prepared(dtype, att.query, att.key, att.value)[0] is \
+                linears.prepared(dtype, att.query, att.key, att.value)[0]  # made once in the block
     tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=0)
     for r in reused:
         torch.testing.assert_close(r.float(), fresh.float(), **tol)
@@ -448,14 +448,14 @@ def test_reused_inference_weights_equal_per_batch_copies(tiny, dtype):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_float32_training_linear_equals_autograd(bias):
-    """`_Linear` (oneDNN in both directions) gives F.linear's output and gradients, for a non-contiguous
-    input too; its matmuls `_mm` equal torch.mm for every layout backward hands them."""
+    """`linears.Linear` (oneDNN in both directions) gives F.linear's output and gradients, for a non-contiguous
+    input too; its matmuls `linears.mm` equal torch.mm for every layout backward hands them."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(24, 37, generator=g).t().requires_grad_()  # (37, 24), a transposed view
     w = torch.randn(16, 24, generator=g).requires_grad_()
     b = torch.randn(16, generator=g).requires_grad_() if bias else None
     dy = torch.randn(37, 16, generator=g)
-    out = packing._Linear.apply(x, w, b)
+    out = linears.Linear.apply(x, w, b)
     grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], dy)
     ref = F.linear(x, w, b)
     ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], dy)
@@ -463,12 +463,12 @@ def test_float32_training_linear_equals_autograd(bias):
     for a, r in zip(grads, ref_grads):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
     for a, m in [(dy, w), (dy.t(), x.detach()), (x.detach(), w.detach().t())]:
-        torch.testing.assert_close(packing._mm(a, m), a.mm(m), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(linears.mm(a, m), a.mm(m), atol=1e-5, rtol=1e-5)
 
 
 @needs_onednn(torch.float32)
 def test_training_matmuls_take_onednn_in_float32_only(tiny_model_dirs, monkeypatch):
-    """A float32 training step runs its linears through oneDNN (`_mm`); under bf16 autocast they stay on
+    """A float32 training step runs its linears through oneDNN (`linears.mm`); under bf16 autocast they stay on
     autocast's F.linear (bf16 matmuls), as before."""
     calls = []
     real = torch.ops.mkldnn._linear_pointwise

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..modernbert import ModernBertClassifier, ModernBertEncoder
-from . import kernels, modernbert, packing
+from . import kernels, linears, modernbert, packing
 
 _SWITCH = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
 _VALUE = os.environ.get("MINISBERT_FAST", "1").strip().lower() or "1"
@@ -70,7 +70,7 @@ def classifier_logits(model, features: dict) -> Tensor | None:
 @contextlib.contextmanager
 def inference(model):
     """The scope of one encode / predict call on `model`: each linear's inference weights are made once
-    for it (packing.reusing_weights), and bf16 (weights or autocast) that this device would emulate is
+    for it (linears.reusing_weights), and bf16 (weights or autocast) that this device would emulate is
     said once per process (kernels.warn_if_bf16_emulated: it describes the machine, so also when the fast
     path is off)."""
     param = next(model.parameters(), None)
@@ -79,5 +79,5 @@ def inference(model):
         autocast_bf16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
         if param.dtype == torch.bfloat16 or autocast_bf16:
             kernels.warn_if_bf16_emulated(param.device)
-    with packing.reusing_weights():
+    with linears.reusing_weights():
         yield

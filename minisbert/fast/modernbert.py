@@ -5,7 +5,7 @@ run on the real tokens of the batch only.
 embeddings, the projections, the rotary embeddings, GeGLU and the norms on those T' tokens, and attention
 per bucket of similar-length rows with SDPA and the reference's boolean masks (modernbert
 ModernBertEncoder.mask); the last hidden states go back to the padded (B, L, H) layout with zeros at pads.
-The linears run packing's kernels (oneDNN on CPU where the probe says so). Equal to the reference forward
+The linears run linears.py's kernels (oneDNN on CPU where the probe says so). Equal to the reference forward
 up to float summation order (tests/test_modernbert.py runs both against transformers).
 
 Shapes: L a bucket's longest row, T' packed tokens (fillers included, see packing.Packed), H hidden width,
@@ -15,27 +15,18 @@ h heads, d head width (H = h d), I GeGLU width, C labels.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..modernbert import ModernBertClassifier, ModernBertEncoder, rotate
-from . import packing
-
-
-def _dense(x: Tensor, lin: nn.Linear, fast: torch.dtype | None) -> Tensor:
-    """lin(x) through packing's linear kernels, (t, in) -> (t, out); a wrapped or hooked linear (LoRA, ...)
-    runs its own forward, whose weights must not be bypassed."""
-    if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
-        return lin(x)
-    return packing._linear(x, *((lin.weight, lin.bias) if fast is None else packing._prepared(fast, lin)), fast)
+from . import linears, packing
 
 
 def _attention(attn, x: Tensor, rope: tuple[Tensor, Tensor], p: packing.Packed, masks: list[Tensor | None],
                fast: torch.dtype | None) -> Tensor:
     """modernbert.Attention on packed tokens x (T', H) -> (T', H); `masks` one per bucket of p."""
     h, d = attn.num_heads, attn.head_dim
-    qkv = _dense(x, attn.Wqkv, fast).view(-1, 3, h, d)  # (T', 3, h, d)
+    qkv = linears.dense(x, attn.Wqkv, fast).view(-1, 3, h, d)  # (T', 3, h, d)
     cos, sin = (t[:, None, None] for t in rope)  # (T', 1, 1, d/2)
     qk = rotate(qkv[:, :2], cos, sin)  # (T', 2, h, d)
     v = qkv[:, 2]  # (T', h, d)
@@ -57,21 +48,21 @@ def _attention(attn, x: Tensor, rope: tuple[Tensor, Tensor], p: packing.Packed, 
     if p.fillers:
         outs.append(outs[0].new_zeros(p.fillers, outs[0].shape[1]))  # filler tokens attend to nothing
     ctx = torch.cat(outs) if len(outs) > 1 else outs[0]  # (T', H)
-    return attn.out_drop(_dense(ctx, attn.Wo, fast))
+    return attn.out_drop(linears.dense(ctx, attn.Wo, fast))
 
 
 def _layer(layer, x: Tensor, rope, p: packing.Packed, masks, fast: torch.dtype | None) -> Tensor:
     """modernbert.Layer on packed tokens, (T', H) -> (T', H)."""
     x = x + _attention(layer.attn, layer.attn_norm(x), rope, p, masks, fast)
     mlp = layer.mlp
-    u, g = _dense(layer.mlp_norm(x), mlp.Wi, fast).chunk(2, dim=-1)  # 2 x (T', I)
-    return x + _dense(mlp.drop(mlp.act(u) * g), mlp.Wo, fast)  # (T', H)
+    u, g = linears.dense(layer.mlp_norm(x), mlp.Wi, fast).chunk(2, dim=-1)  # 2 x (T', I)
+    return x + linears.dense(mlp.drop(mlp.act(u) * g), mlp.Wo, fast)  # (T', H)
 
 
 def encode_packed(encoder: ModernBertEncoder, p: packing.Packed) -> Tensor:
     """The encoder's last hidden states of the packed tokens, (T', H)."""
     x = encoder.embeddings(p.input_ids)  # (T', H)
-    fast = packing._inference_dtype(x)
+    fast = linears.inference_dtype(x)
     types = sorted(set(encoder.config.layer_types))
     ropes = {t: encoder.rotary_emb(p.position_ids, t, x.dtype) for t in types}
     masks = {t: [encoder.mask(real, t) for _, _, _, real in p.buckets] for t in types}

@@ -25,8 +25,8 @@ The packed path reads the parameters of the module in place (same nn.Parameters,
 saving and loading are unchanged) and is used only for architectures whose forward it reproduces
 exactly: `supports(backbone)` says which. Other backbones go through their own forward.
 
-Kernels: inference runs oneDNN's linear with the bias and GELU fused in (`_linear`) on row tiles;
-float32 training runs its linears' matmuls through oneDNN too (`_Linear`, `_mm`); training's
+Kernels: the linears are linears.py's (oneDNN's, bias and GELU fused in, for inference, on row tiles; oneDNN's
+matmuls in both directions for float32 training); training's
 feed-forward recomputes GELU in backward (`_GeluFeedForward`) and attention with dropout on CPU
 recomputes its probabilities in backward (`_DropoutAttention`). Whether oneDNN's kernels run at all is
 kernels.py's call (a probe per kernel); where they do not, the same functions run F.linear (the portable
@@ -40,8 +40,6 @@ H hidden width, h heads, d head width (H = h d), D embedding width.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..bert import POSITIONS, position_ids_for
-from . import kernels
+from . import kernels, linears
 
 # A bucket for attention is closed when padding its rows to its longest row would waste more than this
 # share of its (row x key) slots: attention is a small part of the cost, a few buckets per batch suffice.
@@ -179,117 +177,6 @@ def pack(columns: list[dict], attention_multiple: int = ATTENTION_MULTIPLE, buck
     )
 
 
-def _inference_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype oneDNN's fused linear kernels run in (see `_linear`), or None to use F.linear: only for
-    inference (no autograd) on CPU, in float32, or in bfloat16 (bf16 weights, or CPU autocast to bf16),
-    where the kernel probe says oneDNN runs in that dtype (kernels.onednn_linear)."""
-    if torch.is_grad_enabled() or x.device.type != "cpu":
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
-    else:
-        dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
-    return dtype if dtype is not None and kernels.onednn_linear(dtype) else None
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype | None, gelu: bool = False) -> Tensor:
-    """x W^T + b (then exact GELU when `gelu`), (T, in) -> (T, out).
-
-    dtype given: oneDNN's linear with the bias (and GELU) fused in, computing in `dtype` (inputs cast to it,
-    as autocast would; `weight`, `bias` may come from `_prepared`): one pass instead of F.linear's matmul,
-    bias and GELU passes (benchmarks/README.md, decision table: oneDNN fused linear for inference). It has
-    no autograd formula of its own: dtype None (training) takes `_Linear` in float32 on CPU, F.linear elsewhere.
-    Results agree with F.linear to float rounding (~1e-6 in float32).
-    """
-    if dtype is not None:
-        x = x.to(dtype)
-        if not weight.is_mkldnn:
-            weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
-        return kernels.linear_pointwise(x, weight, bias, gelu)
-    y = _Linear.apply(x, weight, bias) if _onednn_float32(x) else F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
-
-
-def _onednn_float32(x: Tensor) -> bool:
-    """True where float32 matmuls of training go through oneDNN (`_mm`): on CPU, in float32, outside autocast."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and kernels.onednn_linear(torch.float32))
-
-
-def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-    """a b (+ bias), (m, k) x (k, n) -> (m, n), outside autograd.
-
-    In float32 on CPU outside autocast this is oneDNN's linear on b^T (copied to rows when b is not a
-    transposed row-major matrix): torch.mm and F.linear take MKL's sgemm there, which runs AVX2 code on AMD
-    CPUs, at the cost of oneDNN's cache of compiled kernels (benchmarks/README.md, decision table: float32
-    training matmuls through oneDNN). Elsewhere (autocast, other dtypes and devices) it is torch.mm /
-    F.linear under the caller's autocast state, as autograd would run them.
-    """
-    if _onednn_float32(a) and b.dtype == torch.float32:
-        return _linear(a.contiguous(), b.t().contiguous(), bias, torch.float32)
-    return F.linear(a, b.t(), bias) if bias is not None else a.mm(b)
-
-
-class _Linear(torch.autograd.Function):
-    """x W^T + b, (T, in) -> (T, out), with every matmul of both directions through `_mm`: for float32
-    training on CPU, where autograd's F.linear takes MKL (see `_mm`). Gradients equal F.linear's to float
-    rounding (tests/test_packing.py)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.bias = bias is not None
-        return _mm(x, weight.t(), bias)  # (T, out)
-
-    @staticmethod
-    def backward(ctx, dy):  # dy (T, out)
-        x, weight = ctx.saved_tensors
-        dx = _mm(dy, weight) if ctx.needs_input_grad[0] else None  # (T, in)
-        dw = _mm(dy.t(), x) if ctx.needs_input_grad[1] else None  # (out, in)
-        db = dy.sum(0) if ctx.bias and ctx.needs_input_grad[2] else None  # (out,)
-        return dx, dw, db
-
-
-# The inference copies of the weights while `reusing_weights()` is active: {(dtype, parameter ids): (W, b)}.
-_REUSED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("minisbert_packing_reused", default=None)
-# bf16 weights are reused in oneDNN's own blocked layout (kernels.onednn_prepack), which it would otherwise
-# reorder on every call; float32 keeps the parameters themselves (benchmarks/README.md, decision table:
-# inference weights made once per encode / predict call).
-
-
-@contextlib.contextmanager
-def reusing_weights():
-    """Inside the block, each linear's inference weights (the fused QKV matrix, the bf16 casts, oneDNN's
-    packed layout) are made once and reused by every batch, instead of once per batch. For one encode()
-    or predict() call: under torch.inference_mode the weights do not change within it. Nested blocks
-    share the outer one's copies; they are dropped when the outermost block ends."""
-    token = _REUSED.set({} if _REUSED.get() is None else _REUSED.get())
-    try:
-        yield
-    finally:
-        _REUSED.reset(token)
-
-
-def _prepared(dtype: torch.dtype, *linears: nn.Linear) -> tuple[Tensor, Tensor | None]:
-    """The weight (out, in) and bias (out,) of `linears` stacked along their outputs (one for a plain
-    linear, query/key/value for the fused QKV projection), ready for `_linear` in `dtype`: cast, and in
-    bf16 packed for oneDNN. Made once per `reusing_weights()` block, else on every call."""
-    cache = _REUSED.get()
-    key = (dtype, *(id(lin.weight) for lin in linears))
-    if cache is not None and key in cache:
-        return cache[key]
-    weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])  # (out, in)
-    biases = [lin.bias for lin in linears]
-    bias = None if any(b is None for b in biases) else biases[0] if len(biases) == 1 else torch.cat(biases)  # (out,)
-    if cache is not None and dtype != weight.dtype:
-        weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
-        if dtype == torch.bfloat16 and kernels.onednn_prepack():
-            weight = kernels.reorder_linear_weight(weight)
-    if cache is not None:
-        cache[key] = (weight, bias)
-    return weight, bias
-
-
 def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | None) -> Tensor:
     """Self-attention of one BERT layer on packed tokens x (T, H) -> context (T, H), before the output dense.
 
@@ -305,9 +192,9 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
     if fast is None:
         weight = torch.cat([att.query.weight, att.key.weight, att.value.weight])  # (3H, H)
         bias = torch.cat([att.query.bias, att.key.bias, att.value.bias])  # (3H,)
-        qkv = _linear(x, weight, bias, None)  # (T', 3H)
+        qkv = linears.linear(x, weight, bias, None)  # (T', 3H)
     else:
-        weight, bias = _prepared(fast, att.query, att.key, att.value)
+        weight, bias = linears.prepared(fast, att.query, att.key, att.value)
         qkv = None
     outs, token = [], 0
     for n, L, index, mask in p.buckets:
@@ -322,7 +209,7 @@ def _attention(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | 
             part = x[token:token + rows]  # (~T_g, H), a view
             if part.shape[0] < rows:  # the last bucket: fillers of its own
                 part = torch.cat([part, part.new_zeros(rows - part.shape[0], part.shape[1])])
-            part = _linear(part, weight, bias, fast)  # (~T_g, 3H)
+            part = linears.linear(part, weight, bias, fast)  # (~T_g, 3H)
             # A full bucket is its own padded layout: no copy.
             padded = part[:t] if full else part.new_zeros(n * L, part.shape[1]).index_copy_(0, index, part[:t])  # (n L, 3H)
         token += t
@@ -411,8 +298,8 @@ class _GeluFeedForward(torch.autograd.Function):
     def forward(ctx, x, w1, b1, w2, b2):
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        u = _mm(x, w1.t(), b1)  # (T, I)
-        y = _mm(F.gelu(u), w2.t(), b2)  # (T, H)
+        u = linears.mm(x, w1.t(), b1)  # (T, I)
+        y = linears.mm(F.gelu(u), w2.t(), b2)  # (T, H)
         ctx.save_for_backward(x, w1, w2, u)
         return y
 
@@ -422,11 +309,11 @@ class _GeluFeedForward(torch.autograd.Function):
         device, enabled, dtype = ctx.autocast
         with torch.autocast(device, dtype=dtype, enabled=enabled):
             h = F.gelu(u)  # (T, I), recomputed
-            dw2 = _mm(dy.t(), h.to(dy.dtype))  # (H, I)
-            dh = _mm(dy, w2.to(dy.dtype))  # (T, I)
+            dw2 = linears.mm(dy.t(), h.to(dy.dtype))  # (H, I)
+            dh = linears.mm(dy, w2.to(dy.dtype))  # (T, I)
             du = kernels.gelu_backward(dh.to(u.dtype), u)  # (T, I)
-            dw1 = _mm(du.t(), x.to(du.dtype))  # (I, H)
-            dx = _mm(du, w1.to(du.dtype))  # (T, H)
+            dw1 = linears.mm(du.t(), x.to(du.dtype))  # (I, H)
+            dx = linears.mm(du, w1.to(du.dtype))  # (T, H)
         return dx, dw1, du.sum(0), dw2, dy.sum(0)
 
 
@@ -438,7 +325,7 @@ def encode_packed(backbone, p: Packed) -> Tensor:
     x = x + emb.token_type_embeddings(types)
     x = x + emb.position_embeddings(p.position_ids)
     x = emb.dropout(emb.LayerNorm(x))
-    fast = _inference_dtype(x)
+    fast = linears.inference_dtype(x)
     exact_gelu = backbone.config.hidden_act == "gelu"  # transformers' "gelu" is the exact (erf) GELU
     training = backbone.training and torch.is_grad_enabled()
     for layer in backbone.encoder.layer:
@@ -472,17 +359,14 @@ def _layer(layer, x: Tensor, p: Packed, dropout: float, fast: torch.dtype | None
 def _token_wise(layer, ctx: Tensor, x: Tensor, fast: torch.dtype | None, exact_gelu: bool) -> Tensor:
     """The rest of a BERT layer after attention, token by token: attention context (t, H) and the
     layer's input (t, H) -> the layer's output (t, H)."""
-    def dense(x, lin, gelu=False):  # the layer's own parameters in training, their inference copies else
-        return _linear(x, *((lin.weight, lin.bias) if fast is None else _prepared(fast, lin)), fast, gelu)
-
     out = layer.attention.output
-    x = out.LayerNorm(out.dropout(dense(ctx, out.dense)) + x)  # (t, H)
+    x = out.LayerNorm(out.dropout(linears.dense(ctx, out.dense, fast)) + x)  # (t, H)
     up, out = layer.intermediate.dense, layer.output
     if exact_gelu and fast is None and torch.is_grad_enabled():
         ffn = _GeluFeedForward.apply(x, up.weight, up.bias, out.dense.weight, out.dense.bias)  # (t, H)
     else:
-        inner = dense(x, up, gelu=True) if exact_gelu else layer.intermediate.intermediate_act_fn(dense(x, up))  # (t, I)
-        ffn = dense(inner, out.dense)  # (t, H)
+        inner = linears.dense(x, up, fast, gelu=True) if exact_gelu else layer.intermediate.intermediate_act_fn(linears.dense(x, up, fast))  # (t, I)
+        ffn = linears.dense(inner, out.dense, fast)  # (t, H)
         del inner
     return out.LayerNorm(out.dropout(ffn) + x)
 
