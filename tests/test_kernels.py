@@ -230,7 +230,7 @@ print(json.dumps(dict(describe=kernels.describe("cpu", torch.bfloat16), fp32=ker
                       diff=max(float((auto - ref).abs().max()), float((bf16 - ref).abs().max())))))
 """
     env = dict(os.environ, PYTHONPATH=str(ROOT), ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2",
-               MINISBERT_KERNELS="auto")
+               MINISBERT_KERNELS="auto", MINISBERT_FAST="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,7 +12,8 @@ the way transformers falls back from a named attention implementation to eager:
                                         once for it; bf16 that would be emulated is said once)
     disabled()                          inside the block, everything runs on the reference path
 
-`MINISBERT_FAST=0` in the environment runs everything on the reference path for the whole process;
+`MINISBERT_FAST=0` in the environment runs everything on the reference path for the whole process, with
+public torch operations only (it implies the portable kernels, so the optimizer's too);
 `MINISBERT_KERNELS=portable` (kernels.py) keeps the padding-free path but with public torch operations only.
 """
 
@@ -33,15 +34,18 @@ if _VALUE not in _SWITCH:
     raise ValueError(f"MINISBERT_FAST={os.environ['MINISBERT_FAST']!r}: expected 1 or 0 "
                      "(0 runs everything on the reference path)")
 ENABLED = _SWITCH[_VALUE]
+if not ENABLED:
+    kernels.MODE = "portable"
 
 
 @contextlib.contextmanager
 def disabled():
-    """Run the block on the reference path: every backbone's own (padded) forward."""
+    """Run the block on the reference path: every backbone's own (padded) forward, portable kernels."""
     global ENABLED
     old, ENABLED = ENABLED, False
     try:
-        yield
+        with kernels.portable():
+            yield
     finally:
         ENABLED = old
 
