@@ -25,10 +25,10 @@ The packed path reads the parameters of the module in place (same nn.Parameters,
 saving and loading are unchanged) and is used only for architectures whose forward it reproduces
 exactly: `supports(backbone)` says which. Other backbones go through their own forward.
 
-Kernels: the linears are linears.py's (oneDNN's, bias and GELU fused in, for inference, on row tiles; oneDNN's
-matmuls in both directions for float32 training); training's
-feed-forward recomputes GELU in backward (`_GeluFeedForward`) and attention with dropout on CPU
-recomputes its probabilities in backward (`_DropoutAttention`). Whether oneDNN's kernels run at all is
+Kernels: the linears are linears.py's (oneDNN's with bias and GELU fused in for inference, on row tiles;
+oneDNN's matmuls in both directions for float32 training); training's feed-forward recomputes GELU in
+backward (`_GeluFeedForward`) and attention with dropout on CPU recomputes its probabilities in backward
+(`_DropoutAttention`). Whether oneDNN's kernels run at all is
 kernels.py's call (a probe per kernel); where they do not, the same functions run F.linear (the portable
 path), with the same results to float rounding. Each choice is a row of benchmarks/README.md's decision
 table.
