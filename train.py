@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from minisbert import distributed, evaluation, gradcache, kernels, losses, training
+from minisbert import distributed, evaluation, gradcache, losses, training
 from minisbert.backbone import Truncation
 from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
@@ -60,6 +60,7 @@ from minisbert.cross_encoder import CrossEncoder
 from minisbert.data import (
     DataError, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt,
 )
+from minisbert.fast import kernels
 from minisbert.gradcache import cached_step
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES

@@ -130,7 +130,7 @@ def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: 
         return step
 
     # minisbert: train.py's train_micro_batch + optimizer step
-    from minisbert import losses, packing, training
+    from minisbert import fast, losses, training
     from minisbert.bi_encoder import BiEncoder
     from minisbert.collate import collate, tokenize_column
     from minisbert.gradcache import cached_step
@@ -144,7 +144,7 @@ def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: 
     if variant == "fused":
         optimizer = torch.optim.AdamW(_param_groups(model), lr=LR, fused=True)
     model.train()
-    switch = packing.disabled if variant == "padded" else contextlib.nullcontext
+    switch = fast.disabled if variant == "padded" else contextlib.nullcontext
 
     def embed(features):
         with autocast:

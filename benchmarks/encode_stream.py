@@ -70,7 +70,8 @@ def run_one(method: str, model_dir: str, path: str, out: str, batch_size: int, c
     import numpy as np
     import torch
 
-    from minisbert import BiEncoder, encode_file, kernels
+    from minisbert import BiEncoder, encode_file
+    from minisbert.fast import kernels
 
     torch.set_num_threads(threads)
     if not onednn:

@@ -233,7 +233,7 @@ def _peak(device, fn) -> float:
 def run_speed(device, sizes) -> list[dict]:
     import torch
 
-    from minisbert import kernels
+    from minisbert.fast import kernels
 
     table = []
     data = texts()

@@ -54,7 +54,7 @@ def row_kernels(workload: str, setting: str) -> str:
     """The kernels minisbert runs a row with: its workers inherit this process's machine and environment."""
     import torch
 
-    from minisbert import kernels
+    from minisbert.fast import kernels
 
     dtype = torch.bfloat16 if "bf16" in setting else torch.float32
     training = workload in TRAINING or "training" in setting

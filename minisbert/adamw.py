@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
+from .fast import kernels
 
 FUSED_DEVICES = ("cpu", "cuda")  # where torch._fused_adamw_ has kernels that torch.optim.AdamW(fused=True) uses too
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from . import kernels, packing
 from .checkpoint import ModelLoadError, check_safetensors, json_object, weight_files
 from .tokenizer import Truncation
 
@@ -143,7 +142,7 @@ def check_loaded_weights(folder: Path, model, info: dict) -> None:
 def set_checkpointing(model, enable: bool, kwargs: dict | None = None) -> None:
     """Gradient (activation) checkpointing on or off for a backbone: bert.py's and modernbert.py's flag, or
     transformers' own (under its 5.x name, activation_checkpointing_*, where it has it; non-reentrant by
-    default). packing.encode_packed reads the same flags and recomputes its layers on the packed tokens."""
+    default). The fast path reads the same flags and recomputes its layers on the packed tokens."""
     kwargs = {"use_reentrant": False} if kwargs is None else kwargs
     if enable:
         on = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -220,18 +219,12 @@ def distinct_by_length(items) -> tuple[list, list[int]]:
     return [distinct[j] for j in order], [rank[j] for j in of_input]
 
 
-def in_batches(model, items: list, batch_size: int, run, what: str, show_progress_bar: bool | None) -> torch.Tensor:
+def in_batches(model, items: list, batch_size: int, run, what: str, show_progress_bar: bool | None,
+               scope=contextlib.nullcontext()) -> torch.Tensor:
     """Inference over `items` (texts or pairs): `run(batch, truncation) -> (b, ...)` on each batch of the
-    distinct items, longest first (see `distinct_by_length`), in eval mode, with each linear's inference
-    weights made once for the call (`packing.reusing_weights`) -> the rows in input order, (N, ...).
-    Truncation is counted per input, reported once, and kept as `model.last_truncation`. bf16 (weights or
-    autocast) where it would be emulated is said once per process (kernels.warn_if_bf16_emulated)."""
-    param = next(model.parameters(), None)
-    if param is not None:
-        kind = param.device.type
-        autocast_bf16 = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
-        if param.dtype == torch.bfloat16 or autocast_bf16:
-            kernels.warn_if_bf16_emulated(param.device)
+    distinct items, longest first (see `distinct_by_length`), in eval mode, inside `scope` (the fast
+    path's, minisbert.fast.inference(model), where the model uses it) -> the rows in input order, (N, ...).
+    Truncation is counted per input, reported once, and kept as `model.last_truncation`."""
     distinct, index = distinct_by_length(items)
     truncation = Truncation(rows=[])
     out = []
@@ -239,7 +232,7 @@ def in_batches(model, items: list, batch_size: int, run, what: str, show_progres
     was_training = model.training
     model.eval()
     try:
-        with packing.reusing_weights():
+        with scope:
             for start in progress(starts, len(starts), show_progress_bar, what):
                 out.append(run(distinct[start:start + batch_size], truncation))
     finally:

@@ -1,16 +1,16 @@
 """BERT-family encoders (BERT, RoBERTa, XLM-RoBERTa, CamemBERT) in plain torch, loaded from their folder.
 
 Why it exists: importing transformers' modeling code for BERT (`transformers.modeling_utils`, which pulls
-in torch._dynamo, torch.distributed.tensor, sympy and scipy) takes 3-4 s of CPU, more than torch itself,
-and a bi-encoder needs none of it. `load(folder)` builds the encoder from config.json and the safetensors
+in torch._dynamo, torch.distributed.tensor, sympy and scipy) takes seconds, more than torch itself, and a
+bi-encoder needs none of it (benchmarks/README.md, decision table: BERT-family encoders in plain torch). `load(folder)` builds the encoder from config.json and the safetensors
 weights with torch alone.
 
 It is the same network as transformers' BertModel / RobertaModel / XLMRobertaModel / CamembertModel:
 the module tree and parameter names are transformers' own (embeddings.word_embeddings,
 encoder.layer.N.attention.self.query, ..., pooler.dense), so the state dict, `save_pretrained`'s
 model.safetensors and config.json load in transformers and sentence-transformers unchanged, and
-packing.py's padding-free forward runs on it as on theirs. tests/test_bert.py pins the hidden states,
-the gradients and the saved files against transformers.
+the fast path's padding-free forward (minisbert/fast/packing.py) runs on it as on theirs. tests/test_bert.py
+pins the hidden states, the gradients and the saved files against transformers.
 
 `load` returns None where it cannot promise that (an architecture or option it does not reproduce,
 weights it does not recognise or that do not match config.json, pickle files); the caller then loads the
@@ -34,11 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import checkpoint, packing
+from . import checkpoint
 from .versions import transformers_version
 
-# model_type -> (transformers' base class, its base_model_prefix: the head models' key prefix); each is
-# also in packing.POSITIONS, which says how it numbers positions.
+# model_type -> (transformers' base class, its base_model_prefix: the head models' key prefix).
 ARCHITECTURES = {
     "bert": ("BertModel", "bert"),
     "roberta": ("RobertaModel", "roberta"),
@@ -51,6 +50,10 @@ DEFAULTS = {
     "type_vocab_size": 2, "layer_norm_eps": 1e-12, "initializer_range": 0.02, "is_decoder": False,
     "add_cross_attention": False, "architectures": None,
 }
+# How transformers numbers each model type's positions: "index" = the column index in the padded batch
+# (BERT, also under left padding), "non_pad" = padding_idx + 1 + the count of non-pad ids so far
+# (RoBERTa's create_position_ids_from_input_ids).
+POSITIONS = {"bert": "index", "roberta": "non_pad", "xlm-roberta": "non_pad", "camembert": "non_pad"}
 PAD_TOKEN_ID = {"bert": 0, "roberta": 1, "xlm-roberta": 1, "camembert": 1}
 # Keys config.json must give: transformers' defaults for them differ by model type and version.
 REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -63,6 +66,15 @@ ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
 }
+
+
+def position_ids_for(backbone, input_ids: Tensor) -> Tensor:
+    """(B, L) the position ids a BERT-family backbone (this module's or transformers') gives a padded batch."""
+    if POSITIONS[backbone.config.model_type] == "non_pad":
+        pad = backbone.embeddings.padding_idx
+        real = input_ids.ne(pad).long()
+        return torch.cumsum(real, 1) * real + pad  # (B, L)
+    return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)  # (B, L)
 
 
 class EncoderConfig:
@@ -104,7 +116,7 @@ def unsupported(values: dict) -> str | None:
     if not isinstance(config.hidden_act, str) or config.hidden_act not in ACTIVATIONS:
         return f"hidden_act {config.hidden_act!r}"
     pad = config.pad_token_id
-    if pad is None and packing.POSITIONS[model_type] == "non_pad":
+    if pad is None and POSITIONS[model_type] == "non_pad":
         return "no pad_token_id (RoBERTa-family positions count from it)"
     if pad is not None and not 0 <= pad < config.vocab_size:
         return f"pad_token_id {pad} outside the vocabulary"
@@ -123,7 +135,7 @@ class EncoderOutput:
 
 def _embedding(rows: int, width: int, padding_idx: int | None = None) -> nn.Embedding:
     """An nn.Embedding whose table is left uninitialized (`load` assigns it): nn.Embedding's own init
-    (normal_) on the meta device imports torch._dynamo, ~1 s."""
+    (normal_) on the meta device imports torch._dynamo (decision table: BERT-family encoders in plain torch)."""
     return nn.Embedding(rows, width, padding_idx=padding_idx, _weight=torch.empty(rows, width))
 
 
@@ -131,7 +143,7 @@ class Embeddings(nn.Module):
     def __init__(self, c: EncoderConfig):
         super().__init__()
         self.word_embeddings = _embedding(c.vocab_size, c.hidden_size, c.pad_token_id)
-        roberta = packing.POSITIONS[c.model_type] == "non_pad"  # RoBERTa's numbering, from padding_idx + 1
+        roberta = POSITIONS[c.model_type] == "non_pad"  # RoBERTa's numbering, from padding_idx + 1
         # RoBERTa's position table has a padding row too (transformers' RobertaEmbeddings).
         self.position_embeddings = _embedding(c.max_position_embeddings, c.hidden_size, c.pad_token_id if roberta else None)
         self.token_type_embeddings = _embedding(c.type_vocab_size, c.hidden_size)
@@ -241,7 +253,7 @@ class BertEncoder(nn.Module):
         self.pooler = Pooler(config)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        """Recompute each layer's activations in backward (packing.encode_packed does it on the packed tokens)."""
+        """Recompute each layer's activations in backward (the fast path does it on the packed tokens too)."""
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -252,8 +264,8 @@ class BertEncoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
                 position_ids: Tensor | None = None) -> EncoderOutput:
-        if position_ids is None:  # transformers' numbering for this model type (packing.POSITIONS)
-            position_ids = packing.position_ids(self, input_ids)
+        if position_ids is None:  # transformers' numbering for this model type (POSITIONS)
+            position_ids = position_ids_for(self, input_ids)
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         # Rows without padding need no mask (SDPA then takes its unmasked kernel, as transformers does).
         key_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]

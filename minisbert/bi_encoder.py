@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import packing
+from . import fast
 from . import tokenizer as tokenization
 from .backbone import (
     backbone_input_names, logger, check_texts, default_device, in_batches, load_backbone, max_length_for,
@@ -195,7 +195,7 @@ class BiEncoder(nn.Module):
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each backbone layer's activations in backward instead of keeping them: less memory for
-        long inputs and big models, one more forward per step. The padding-free path (packing.py) and the
+        long inputs and big models, one more forward per step. The padding-free path (minisbert.fast) and the
         cached step keep working with it. `gradient_checkpointing_kwargs` go to torch.utils.checkpoint
         (default: use_reentrant=False). sentence-transformers' and transformers' name; ST 6 and
         transformers 5 also call it activation_checkpointing_enable."""
@@ -220,15 +220,16 @@ class BiEncoder(nn.Module):
     def forward(self, features: dict | list[dict]) -> torch.Tensor | list[torch.Tensor]:
         """Token ids + mask -> (B, D) embeddings, with grad when grad is enabled. A list of K feature dicts
         (the text columns of a training batch) -> K x (B_k, D), from one padding-free pass over all of
-        them where the backbone allows it (packing.embed_columns): fewer, larger matmuls than K passes."""
-        if isinstance(features, (list, tuple)):
-            return packing.embed_columns(self, list(features))
-        inputs = self.backbone_inputs(features)
-        mask = inputs["attention_mask"]
-        # Padding-free when the backbone allows it (packing.py): same result, no compute on pad tokens.
-        packed = packing.hidden_states(self.backbone, [inputs])
-        hidden = packed[0] if packed is not None else self.backbone(**inputs).last_hidden_state  # (B, L, H)
-        return self.head(hidden, mask, features.get("prompt_length", 0))
+        them where the backbone allows it: fewer, larger matmuls than K passes."""
+        columns = list(features) if isinstance(features, (list, tuple)) else [features]
+        inputs = [self.backbone_inputs(c) for c in columns]
+        # The fast path (padding-free, minisbert.fast) where it applies: the same result, no compute on pad
+        # tokens; else the backbone's own padded forward.
+        hidden = fast.hidden_states(self.backbone, inputs)
+        if hidden is None:
+            hidden = [self.backbone(**x).last_hidden_state for x in inputs]  # K x (B_k, L_k, H)
+        out = [self.head(h, x["attention_mask"], c.get("prompt_length", 0)) for h, x, c in zip(hidden, inputs, columns)]
+        return out if isinstance(features, (list, tuple)) else out[0]
 
     def backbone_inputs(self, features: dict) -> dict:
         """The tensors of `features` the backbone reads, on its device, without all-padding trailing columns."""
@@ -293,7 +294,7 @@ class BiEncoder(nn.Module):
                 emb = F.normalize(emb, p=2, dim=-1)
             return emb.float()
 
-        out = in_batches(self, texts, batch_size, run, "encode", show_progress_bar)  # (N, D)
+        out = in_batches(self, texts, batch_size, run, "encode", show_progress_bar, fast.inference(self))  # (N, D)
         out = out[0] if single else out
         return out.clone() if convert_to_tensor else out.cpu().numpy()
 

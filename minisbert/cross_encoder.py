@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
-from . import packing
+from . import fast
 from . import tokenizer as tokenization
 from .backbone import (
     backbone_input_names, check_config, check_texts, default_device, in_batches, load_backbone, max_length_for,
@@ -125,7 +125,7 @@ class CrossEncoder(nn.Module):
     def forward(self, features: dict) -> torch.Tensor:
         """Raw logits (B, C); no activation (losses such as bce take logits)."""
         inputs = {k: features[k].to(self.device) for k in self.input_names if k in features}
-        logits = packing.classifier_logits(self.backbone, inputs)  # padding-free where it applies (packing.py)
+        logits = fast.classifier_logits(self.backbone, inputs)  # the fast path (minisbert.fast) where it applies
         return logits if logits is not None else self.backbone(**inputs).logits
 
     # ------------------------------------------------------------------ inference
@@ -155,7 +155,7 @@ class CrossEncoder(nn.Module):
             scores = act(self.forward(self.tokenize(batch, truncation)).float())  # (b, C)
             return torch.softmax(scores, dim=1) if apply_softmax and scores.shape[1] > 1 else scores
 
-        scores = in_batches(self, pairs, batch_size, run, "predict", show_progress_bar)  # (N, C)
+        scores = in_batches(self, pairs, batch_size, run, "predict", show_progress_bar, fast.inference(self))  # (N, C)
         if self.num_labels == 1:
             scores = scores[:, 0]
         if single:

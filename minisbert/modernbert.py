@@ -1,4 +1,4 @@
-"""ModernBERT (and mmBERT, the same architecture) in plain torch, loaded from its folder, run on real tokens only.
+"""ModernBERT (and mmBERT, the same architecture) in plain torch, loaded from its folder.
 
 It is the same network as transformers' ModernBertModel and ModernBertForSequenceClassification: the
 module tree and parameter names are transformers' own (embeddings.tok_embeddings, layers.N.attn.Wqkv,
@@ -7,13 +7,11 @@ state dict, `save_pretrained`'s files and config.json load in transformers and s
 unchanged. tests/test_modernbert.py pins the hidden states, the logits and the gradients against
 transformers, in float32 and bfloat16.
 
-What differs is the execution. transformers 5 runs ModernBERT padded, with a (B, 1, L, L) mask per
-layer type. ModernBERT was designed to run unpadded: here every forward packs the real tokens of the
-batch (packing.pack: rows by decreasing length, concatenated), runs the embeddings, the projections,
-the rotary embeddings, GeGLU and the norms on those T tokens, and attention per bucket of
-similar-length rows with SDPA and a boolean mask: key padding for the global layers, key padding and
-|i - j| <= local_attention / 2 for the sliding-window ones. The last hidden states are put back in the
-padded (B, L, H) layout with zeros at pads, which pooling never reads.
+The forward here is the padded one, as transformers runs it: SDPA with a boolean mask per layer type,
+key padding for the global layers, key padding and |i - j| <= local_attention / 2 for the sliding-window
+ones; the last hidden states are zeros at pads, which pooling never reads. ModernBERT was designed to run
+unpadded: the fast path (minisbert/fast/modernbert.py) runs the same modules on the real tokens only,
+and the models call it first.
 
 `load` returns None where it cannot promise transformers' result (another rope type, activation,
 pooling or attention layout than it implements, weights it does not recognise, pickle files); the
@@ -23,8 +21,7 @@ caller then loads the folder with transformers.
     ModernBertClassifier   encoder -> pooling (cls | mean) -> head -> classifier: forward(...).logits (B, C)
     load(folder, auto_class, config_kwargs)  either one with the folder's weights, or None
 
-Shapes: B rows, L tokens (of a padded batch or of an attention bucket), T' packed tokens (fillers
-included, see packing.Packed), H hidden width, h heads, d head width (H = h d), I GeGLU width, C labels.
+Shapes: B rows, L tokens, H hidden width, h heads, d head width (H = h d), I GeGLU width, C labels.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import checkpoint, packing
+from . import checkpoint
 from .bert import ACTIVATIONS, _dtype
 
 # transformers' class names for the two heads this module builds (auto class -> architecture).
@@ -94,12 +91,14 @@ def _norm(c) -> nn.LayerNorm:
     return nn.LayerNorm(c.hidden_size, eps=c.norm_eps, bias=c.norm_bias)
 
 
-def _dense(x: Tensor, lin: nn.Linear, fast: torch.dtype | None) -> Tensor:
-    """lin(x) through packing's linear kernels (oneDNN on CPU, see packing._linear), (t, in) -> (t, out);
-    a wrapped or hooked linear (LoRA, ...) runs its own forward, whose weights packing must not bypass."""
-    if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
-        return lin(x)
-    return packing._linear(x, *((lin.weight, lin.bias) if fast is None else packing._prepared(fast, lin)), fast)
+def rotate(qk: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """transformers' apply_rotary_pos_emb, q cos + rotate_half(q) sin in float32, written per half:
+    [x1 c - x2 s, x2 c + x1 s] (the same floats: cos and sin repeat over the two halves). qk (..., d);
+    cos, sin broadcastable to (..., d/2)."""
+    d = qk.shape[-1]
+    x = qk.float()
+    x1, x2 = x[..., :d // 2], x[..., d // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(qk.dtype)
 
 
 class Embeddings(nn.Module):
@@ -111,7 +110,7 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(c.embedding_dropout)
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        return self.drop(self.norm(self.tok_embeddings(input_ids)))  # (T', H)
+        return self.drop(self.norm(self.tok_embeddings(input_ids)))  # (B, L, H)
 
 
 class Attention(nn.Module):
@@ -126,39 +125,18 @@ class Attention(nn.Module):
         self.out_drop = nn.Dropout(c.attention_dropout) if c.attention_dropout > 0.0 else nn.Identity()
         self.layer_type = layer_type
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], p: packing.Packed, masks: list[Tensor | None],
-                fast: torch.dtype | None) -> Tensor:
-        """Packed tokens x (T', H) -> attention output (T', H); `masks` one per bucket of p, (n, 1, L, L) or
-        (n, 1, 1, L) True where a query may attend a key, None for a bucket without padding or window."""
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | None) -> Tensor:
+        """x (B, L, H) -> attention output (B, L, H); rope: cos, sin (L, d/2); mask (B, 1, L, L) or
+        (B, 1, 1, L) True where a query may attend a key, None without padding or window."""
+        B, L, _ = x.shape
         h, d = self.num_heads, self.head_dim
-        qkv = _dense(x, self.Wqkv, fast).view(-1, 3, h, d)  # (T', 3, h, d)
-        # transformers' apply_rotary_pos_emb, q cos + rotate_half(q) sin in float32, written per half:
-        # [x1 c - x2 s, x2 c + x1 s] (the same floats: cos and sin repeat over the two halves).
-        cos, sin = (t[:, None, None] for t in rope)  # (T', 1, 1, d/2)
-        qk = qkv[:, :2].float()  # (T', 2, h, d)
-        x1, x2 = qk[..., :d // 2], qk[..., d // 2:]
-        qk = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(qkv.dtype)  # (T', 2, h, d)
-        del x1, x2
-        v = qkv[:, 2]  # (T', h, d)
-        dropout = self.attention_dropout if self.training else 0.0
-        outs, token = [], 0
-        for (n, L, index, _), mask in zip(p.buckets, masks):
-            t = index.shape[0]
-            part_qk, part_v = qk[token:token + t], v[token:token + t]  # (T_g, 2, h, d), (T_g, h, d)
-            token += t
-            full = t == n * L
-            if not full:  # the bucket's rows padded to L
-                part_qk = part_qk.new_zeros(n * L, 2, h, d).index_copy_(0, index, part_qk)  # (n L, 2, h, d)
-                part_v = part_v.new_zeros(n * L, h, d).index_copy_(0, index, part_v)  # (n L, h, d)
-            q, k = part_qk.view(n, L, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (n, h, L, d)
-            ctx = F.scaled_dot_product_attention(q, k, part_v.view(n, L, h, d).transpose(1, 2), attn_mask=mask,
-                                                 dropout_p=dropout, scale=self.scaling)  # (n, h, L, d)
-            ctx = ctx.transpose(1, 2).reshape(n * L, h * d)  # (n L, H)
-            outs.append(ctx if full else ctx.index_select(0, index))  # (T_g, H)
-        if p.fillers:
-            outs.append(outs[0].new_zeros(p.fillers, outs[0].shape[1]))  # filler tokens attend to nothing
-        ctx = torch.cat(outs) if len(outs) > 1 else outs[0]  # (T', H)
-        return self.out_drop(_dense(ctx, self.Wo, fast))
+        qkv = self.Wqkv(x).view(B, L, 3, h, d)  # (B, L, 3, h, d)
+        cos, sin = (t[:, None, None] for t in rope)  # (L, 1, 1, d/2)
+        q, k = rotate(qkv[:, :, :2], cos, sin).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, L, d)
+        v = qkv[:, :, 2].transpose(1, 2)  # (B, h, L, d)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0,
+                                             scale=self.scaling)  # (B, h, L, d)
+        return self.out_drop(self.Wo(ctx.transpose(1, 2).reshape(B, L, h * d)))  # (B, L, H)
 
 
 class MLP(nn.Module):
@@ -171,9 +149,9 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(c.mlp_dropout)
         self.Wo = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias)
 
-    def forward(self, x: Tensor, fast: torch.dtype | None) -> Tensor:
-        u, g = _dense(x, self.Wi, fast).chunk(2, dim=-1)  # 2 x (T', I)
-        return _dense(self.drop(self.act(u) * g), self.Wo, fast)  # (T', H)
+    def forward(self, x: Tensor) -> Tensor:
+        u, g = self.Wi(x).chunk(2, dim=-1)  # 2 x (B, L, I)
+        return self.Wo(self.drop(self.act(u) * g))  # (B, L, H)
 
 
 class Layer(nn.Module):
@@ -187,9 +165,9 @@ class Layer(nn.Module):
         self.mlp_norm = _norm(c)
         self.mlp = MLP(c)
 
-    def forward(self, x: Tensor, rope, p, masks, fast) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, p, masks, fast)
-        return x + self.mlp(self.mlp_norm(x), fast)  # (T', H)
+    def forward(self, x: Tensor, rope, mask) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask)
+        return x + self.mlp(self.mlp_norm(x))  # (B, L, H)
 
 
 class Rotary(nn.Module):
@@ -204,15 +182,15 @@ class Rotary(nn.Module):
             self.register_buffer(f"{t}_inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: Tensor, layer_type: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos and sin of each token's angles, (T', d/2) each in float32, rounded to `dtype` first as
-        transformers casts them to the hidden states' dtype (its (T', d) tables repeat these twice)."""
+        """positions (L,) -> cos and sin of each position's angles, (L, d/2) each in float32, rounded to `dtype`
+        first as transformers casts them to the hidden states' dtype (its (L, d) tables repeat these twice)."""
         inv_freq = getattr(self, f"{layer_type}_inv_freq")
-        freqs = positions[:, None].float() * inv_freq.to(positions.device)[None, :]  # (T', d/2)
+        freqs = positions[:, None].float() * inv_freq.to(positions.device)[None, :]  # (L, d/2)
         return freqs.cos().to(dtype).float(), freqs.sin().to(dtype).float()
 
 
 class ModernBertEncoder(nn.Module):
-    """transformers' ModernBertModel, executed on the real tokens of the batch only (module docstring).
+    """transformers' ModernBertModel, padded as transformers runs it (module docstring).
     Built to receive weights: `load` constructs it on the meta device and assigns the checkpoint's tensors."""
 
     def __init__(self, config):
@@ -225,7 +203,7 @@ class ModernBertEncoder(nn.Module):
         self.rotary_emb = Rotary(config)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
-        """Recompute each layer's activations (on the packed tokens) in backward instead of keeping them."""
+        """Recompute each layer's activations in backward instead of keeping them (the fast path too)."""
         self.gradient_checkpointing = True
 
     def gradient_checkpointing_disable(self) -> None:
@@ -234,53 +212,39 @@ class ModernBertEncoder(nn.Module):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.tok_embeddings
 
-    def _masks(self, p: packing.Packed, layer_type: str) -> list[Tensor | None]:
-        """Per attention bucket, the boolean mask SDPA takes (see Attention.forward)."""
+    def mask(self, real: Tensor, layer_type: str) -> Tensor | None:
+        """The boolean mask SDPA takes for rows whose real tokens are `real` (n, L): (n, 1, 1, L) key padding
+        for a global layer (None without padding), (n, 1, L, L) with the window for a sliding one."""
+        n, L = real.shape
         half = self.config.local_attention // 2  # transformers' sliding_window: |i - j| <= half
-        out = []
-        for n, L, index, real in p.buckets:  # real (n, L) True at real tokens
-            if layer_type == "full_attention" or L <= half + 1:
-                out.append(None if index.shape[0] == n * L else real[:, None, None, :])  # (n, 1, 1, L)
-                continue
-            pos = torch.arange(L, device=real.device)
-            window = (pos[:, None] - pos[None, :]).abs() <= half  # (L, L)
-            # Pad queries (discarded) attend to every real key: a query with no key would give NaN in backward.
-            out.append(((window[None] | ~real[:, :, None]) & real[:, None, :])[:, None])  # (n, 1, L, L)
-        return out
+        if layer_type == "full_attention" or L <= half + 1:
+            return None if bool(real.all()) else real[:, None, None, :]  # (n, 1, 1, L)
+        pos = torch.arange(L, device=real.device)
+        window = (pos[:, None] - pos[None, :]).abs() <= half  # (L, L)
+        # Pad queries (discarded) attend to every real key: a query with no key would give NaN in backward.
+        return ((window[None] | ~real[:, :, None]) & real[:, None, :])[:, None]  # (n, 1, L, L)
 
-    def encode_packed(self, p: packing.Packed) -> Tensor:
-        """The last hidden states of the packed tokens, (T', H)."""
-        x = self.embeddings(p.input_ids)  # (T', H)
-        fast = packing._inference_dtype(x)
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> EncoderOutput:
+        """input_ids, attention_mask (B, L) -> last_hidden_state (B, L, H), zeros at pads. Positions are the
+        padded column index, as transformers numbers them."""
+        real = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).bool()  # (B, L)
+        if not bool(real.any(1).all()):
+            raise ValueError("a row of attention_mask has no token: every input needs at least one token")
+        x = self.embeddings(input_ids)  # (B, L, H)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
         types = sorted(set(self.config.layer_types))
-        ropes = {t: self.rotary_emb(p.position_ids, t, x.dtype) for t in types}
-        masks = {t: self._masks(p, t) for t in types}
+        ropes = {t: self.rotary_emb(positions, t, x.dtype) for t in types}
+        masks = {t: self.mask(real, t) for t in types}
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if recompute:
             from torch.utils.checkpoint import checkpoint
         for layer in self.layers:
             t = layer.attn.layer_type
             if recompute:
-                x = checkpoint(layer, x, ropes[t], p, masks[t], fast, use_reentrant=False)
+                x = checkpoint(layer, x, ropes[t], masks[t], use_reentrant=False)
             else:
-                x = layer(x, ropes[t], p, masks[t], fast)
-        return self.final_norm(x)
-
-    def pack(self, input_ids: Tensor, attention_mask: Tensor | None) -> packing.Packed:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        dropout = self.training and self.config.attention_dropout > 0
-        p = packing.pack([{"input_ids": input_ids, "attention_mask": attention_mask}],
-                         attention_multiple=1 if dropout else packing.ATTENTION_MULTIPLE)  # see packing.ATTENTION_MULTIPLE
-        if p is None:
-            raise ValueError("a row of attention_mask has no token: every input needs at least one token")
-        return p
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> EncoderOutput:
-        """input_ids, attention_mask (B, L) -> last_hidden_state (B, L, H), zeros at pads. Positions are the
-        padded column index, as transformers numbers them."""
-        p = self.pack(input_ids, attention_mask)
-        return EncoderOutput(last_hidden_state=packing.unpack(self.encode_packed(p), p)[0])
+                x = layer(x, ropes[t], masks[t])
+        return EncoderOutput(last_hidden_state=self.final_norm(x).masked_fill(~real[..., None], 0.0))
 
     def save_pretrained(self, folder) -> None:
         _save(self, folder, "AutoModel")
@@ -318,13 +282,16 @@ class ModernBertClassifier(nn.Module):
         self.model.gradient_checkpointing_disable()
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> ClassifierOutput:
-        hidden = self.model(input_ids, attention_mask).last_hidden_state  # (B, L, H)
+        return ClassifierOutput(logits=self.classify(self.model(input_ids, attention_mask).last_hidden_state,
+                                                     attention_mask if attention_mask is not None else torch.ones_like(input_ids)))
+
+    def classify(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """The encoder's last hidden states (B, L, H), zeros at pads, and the mask (B, L) -> logits (B, C)."""
         if self.config.classifier_pooling == "cls":
             pooled = hidden[:, 0]  # (B, H)
         else:
-            mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (B, H)
-        return ClassifierOutput(logits=self.classifier(self.drop(self.head(pooled))))  # (B, C)
+            pooled = (hidden * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)  # (B, H)
+        return self.classifier(self.drop(self.head(pooled)))  # (B, C)
 
     def save_pretrained(self, folder) -> None:
         _save(self, folder, "AutoModelForSequenceClassification")

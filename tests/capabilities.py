@@ -1,12 +1,14 @@
-"""Skip marks for tests that pin a hardware-specific kernel (minisbert/kernels.py): they skip, with the reason,
-where the kernel probe says no or MINISBERT_KERNELS=portable forces the portable path."""
+"""Skip marks for tests that pin a hardware-specific kernel (minisbert/fast/kernels.py): they skip, with the reason,
+where the kernel probe says no or MINISBERT_KERNELS=portable forces the portable path; and for tests that pin
+the fast path itself, which skip under MINISBERT_FAST=0 (everything on the reference path)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from minisbert import kernels
+from minisbert import fast
+from minisbert.fast import kernels
 
 
 def needs_onednn(dtype: torch.dtype):
@@ -22,3 +24,5 @@ def needs_adamw(kind: str):
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+needs_fast = pytest.mark.skipif(not fast.ENABLED, reason="pins the fast path, which MINISBERT_FAST=0 turns off")

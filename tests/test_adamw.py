@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from capabilities import needs_adamw
-from minisbert import kernels
+from minisbert.fast import kernels
 from minisbert.adamw import AdamW
 
 

@@ -13,7 +13,9 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
-from minisbert import BiEncoder, bert, packing
+from capabilities import needs_fast
+from minisbert import BiEncoder, bert, fast
+from minisbert.fast import packing
 
 TEXTS = [
     "A man is playing a guitar.", "Two dogs run across the field while the children watch them from far away.",
@@ -190,7 +192,7 @@ def test_bi_encoder_native_equals_transformers_backbone(tiny_model_dirs, minilm_
     native, hf = BiEncoder.from_pretrained(folder), BiEncoder.from_pretrained(folder, native=False)
     assert isinstance(native.backbone, bert.BertEncoder) and not isinstance(hf.backbone, bert.BertEncoder)
     features = native.tokenize(TEXTS)
-    with torch.no_grad(), packing.disabled():
+    with torch.no_grad(), fast.disabled():
         reference_embeddings = hf(features)  # transformers' own padded forward
     with torch.no_grad():
         torch.testing.assert_close(native(features), reference_embeddings, atol=1e-5, rtol=1e-4)  # packed, on ours
@@ -198,12 +200,13 @@ def test_bi_encoder_native_equals_transformers_backbone(tiny_model_dirs, minilm_
                                    atol=1e-5, rtol=1e-4)
 
 
+@needs_fast
 def test_packed_transformers_backbone_without_a_scaling_attribute(minilm_path):
     """transformers 4's BERT attention has no `.scaling` (5.x's does): the packed path scales by 1/sqrt(d) then,
     in inference and in training with dropout, and still equals transformers' own padded forward."""
     hf = BiEncoder.from_pretrained(minilm_path, native=False)
     features = hf.tokenize(TEXTS)
-    with torch.no_grad(), packing.disabled():
+    with torch.no_grad(), fast.disabled():
         reference_embeddings = hf(features)  # transformers' own padded forward, whichever version
     for module in hf.backbone.modules():
         if "scaling" in vars(module):

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minisbert import BiEncoder, gradcache, kernels, packing
+from minisbert import BiEncoder, fast, gradcache
+from minisbert.fast import kernels, packing
 from minisbert.adamw import AdamW
 
 DEVICE = os.environ.get("MINISBERT_TEST_DEVICE", "cuda")
@@ -43,7 +44,7 @@ def _without_dropout(model):
 
 def _grads(model, features, padded=False):
     model.zero_grad(set_to_none=True)
-    with packing.disabled() if padded else torch.enable_grad():
+    with fast.disabled() if padded else torch.enable_grad():
         out = model(features)
     out.pow(2).sum().backward()
     return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

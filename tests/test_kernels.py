@@ -1,4 +1,4 @@
-"""The kernel choices (minisbert/kernels.py): the fast path equals the portable one to rounding, a probe that
+"""The kernel choices (minisbert/fast/kernels.py): the fast path equals the portable one to rounding, a probe that
 fails (as oneDNN's bf16 linear does on an AVX2-only CPU) falls back without a crash and with the same
 results, MINISBERT_KERNELS=portable / kernels.portable() force the portable path, non-x86 CPUs take it by
 default, and bf16 where it would be emulated computes correctly and says so exactly once."""
@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from capabilities import needs_onednn
-from minisbert import BiEncoder, CrossEncoder, kernels, packing
+from minisbert import BiEncoder, CrossEncoder
+from minisbert.fast import kernels, linears
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = ["A man is playing a guitar.", "Two dogs run across the field while the children watch them from far away.",
@@ -167,7 +168,7 @@ def test_portable_context_and_non_x86_use_no_onednn(tiny, auto, monkeypatch):
 def test_environment_switch(tmp_path):
     """MINISBERT_KERNELS=portable in the environment forces the portable path for the whole process; an
     unknown value is refused with the values it takes."""
-    code = "from minisbert import kernels; import torch; print(kernels.describe('cpu', torch.bfloat16, optimizer=True))"
+    code = "from minisbert.fast import kernels; import torch; print(kernels.describe('cpu', torch.bfloat16, optimizer=True))"
     env = dict(os.environ, PYTHONPATH=str(ROOT), MINISBERT_KERNELS="portable")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.startswith("portable (forced)") and out.strip().endswith("adamw-plain")
@@ -213,7 +214,8 @@ def test_an_avx2_only_cpu_for_real(tiny_model_dirs, tmp_path):
     autocast) runs and agrees with fp32, and the warning comes once."""
     code = f"""
 import json, warnings, torch
-from minisbert import BiEncoder, kernels
+from minisbert import BiEncoder
+from minisbert.fast import kernels
 warnings.simplefilter("always")
 texts = {TEXTS!r}
 with warnings.catch_warnings(record=True) as record:
@@ -228,7 +230,7 @@ print(json.dumps(dict(describe=kernels.describe("cpu", torch.bfloat16), fp32=ker
                       diff=max(float((auto - ref).abs().max()), float((bf16 - ref).abs().max())))))
 """
     env = dict(os.environ, PYTHONPATH=str(ROOT), ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2",
-               MINISBERT_KERNELS="auto")
+               MINISBERT_KERNELS="auto", MINISBERT_FAST="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -244,11 +246,11 @@ def test_packing_reads_the_choice_at_call_time_and_only_for_cpu_tensors(tiny, au
     x = torch.zeros(4, 8)
     other = torch.zeros(4, 8, device="meta")
     with torch.inference_mode():
-        assert packing._inference_dtype(x) == (torch.float32 if kernels.onednn_linear(torch.float32) else None)
-        assert packing._inference_dtype(other) is None
+        assert linears.inference_dtype(x) == (torch.float32 if kernels.onednn_linear(torch.float32) else None)
+        assert linears.inference_dtype(other) is None
         with kernels.portable():
-            assert packing._inference_dtype(x) is None
-    assert packing._onednn_float32(x) == kernels.onednn_linear(torch.float32) and not packing._onednn_float32(other)
+            assert linears.inference_dtype(x) is None
+    assert linears.onednn_float32(x) == kernels.onednn_linear(torch.float32) and not linears.onednn_float32(other)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -3,6 +3,8 @@ transformers' ModernBertModel / ModernBertForSequenceClassification (SDPA) on th
 and bfloat16, padded (right and left) and unpadded batches, on a ModernBERT-like and an mmBERT-like tiny
 config; files that transformers loads back unchanged; a fallback to transformers for every folder it does
 not reproduce; and the bi-encoder / cross-encoder built on it equal to the ones built on transformers.
+Hidden states, gradients and logits are checked on both paths: the reference forward (padded, as
+transformers runs it) and the fast path (minisbert/fast/modernbert.py: unpadded), `PATHS`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,29 @@ import pytest
 import torch
 import transformers as tf
 
-from minisbert import BiEncoder, CrossEncoder, modernbert
+from capabilities import needs_fast
+from minisbert import BiEncoder, CrossEncoder, fast, modernbert
 from minisbert.backbone import load_backbone
+
+PATHS = ["reference", pytest.param("fast", marks=needs_fast)]
+
+
+def hidden(model, inputs, path):
+    """last_hidden_state (B, L, H) of a ModernBertEncoder on `path`."""
+    if path == "reference":
+        return model(**inputs).last_hidden_state
+    out = fast.hidden_states(model, [inputs])
+    assert out is not None, "the fast path fell back to the reference"
+    return out[0]
+
+
+def logits(model, inputs, path):
+    """logits (B, C) of a ModernBertClassifier on `path`."""
+    if path == "reference":
+        return model(**inputs).logits
+    out = fast.classifier_logits(model, inputs)
+    assert out is not None, "the fast path fell back to the reference"
+    return out
 
 # Tiny configs with the real models' shape of attention: ModernBERT-base (global every 3rd layer, rope
 # theta 160k global / 10k local, window 128) and mmBERT-base (a 256k vocabulary, global theta = local
@@ -79,16 +102,17 @@ def variant(src, dst, **config_changes):
     return dst
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", list(CONFIGS))
 @pytest.mark.parametrize("side,lengths", [("right", (70, 5, 33, 1, 17, 70, 2)), ("left", (70, 5, 33, 1, 17, 70, 2)),
                                           ("right", (40, 40, 40))])
-def test_hidden_states_equal_transformers(folders, kind, side, lengths):
+def test_hidden_states_equal_transformers(folders, kind, side, lengths, path):
     ours, theirs = modernbert.load(folders[kind]), reference(folders[kind])
     assert isinstance(ours, modernbert.ModernBertEncoder)
     inputs = batch(theirs.config, side, lengths)
     real = inputs["attention_mask"].bool()
     with torch.no_grad():
-        a, b = ours(**inputs).last_hidden_state, theirs(**inputs).last_hidden_state
+        a, b = hidden(ours, inputs, path), theirs(**inputs).last_hidden_state
     torch.testing.assert_close(a[real], b[real], atol=1e-5, rtol=1e-5)
     assert not a[~real].any()  # zeros at pads
 
@@ -122,14 +146,15 @@ def test_hub_style_config_keys(folders, tmp_path):
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", list(CONFIGS))
-def test_gradients_equal_transformers(folders, kind):
+def test_gradients_equal_transformers(folders, kind, path):
     ours, theirs = modernbert.load(folders[kind]).train(), reference(folders[kind]).train()
     inputs = batch(theirs.config)
     real = inputs["attention_mask"].bool()
     weight = torch.randn(real.shape + (32,), generator=torch.Generator().manual_seed(1))  # a loss that reads every state
-    for model in (ours, theirs):
-        (model(**inputs).last_hidden_state[real] * weight[real]).sum().backward()
+    (hidden(ours, inputs, path)[real] * weight[real]).sum().backward()
+    (theirs(**inputs).last_hidden_state[real] * weight[real]).sum().backward()
     grads = dict(theirs.named_parameters())
     for name, p in ours.named_parameters():
         if name == "embeddings.tok_embeddings.weight":  # compare the rows the batch touched (the rest are zero in both)
@@ -139,7 +164,8 @@ def test_gradients_equal_transformers(folders, kind):
             torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_bfloat16_close_to_transformers(folders):
+@pytest.mark.parametrize("path", PATHS)
+def test_bfloat16_close_to_transformers(folders, path):
     """bf16 weights on both sides: the same computation in another rounding order, so within bf16's
     resolution (~0.4% of the value at 8 bits of mantissa), summed over 4 layers."""
     ours = modernbert.load(folders["modernbert"]).to(torch.bfloat16)
@@ -147,7 +173,7 @@ def test_bfloat16_close_to_transformers(folders):
     inputs = batch(theirs.config)
     real = inputs["attention_mask"].bool()
     with torch.no_grad():
-        a, b = ours(**inputs).last_hidden_state[real], theirs(**inputs).last_hidden_state[real]
+        a, b = hidden(ours, inputs, path)[real], theirs(**inputs).last_hidden_state[real]
         exact = modernbert.load(folders["modernbert"])(**inputs).last_hidden_state[real]
     assert a.dtype == b.dtype == torch.bfloat16
     assert (a.float() - b.float()).abs().max() < 0.1
@@ -155,14 +181,15 @@ def test_bfloat16_close_to_transformers(folders):
     assert (a.float() - exact).abs().mean() <= 1.5 * (b.float() - exact).abs().mean()
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("which", ["classifier", "classifier_mean"])
-def test_classifier_logits_and_gradients_equal_transformers(folders, which):
+def test_classifier_logits_and_gradients_equal_transformers(folders, which, path):
     ours = modernbert.load(folders[which], "AutoModelForSequenceClassification").train()
     theirs = reference(folders[which], classifier=True).train()
     assert isinstance(ours, modernbert.ModernBertClassifier)
     assert ours.config.classifier_pooling == ("mean" if which.endswith("mean") else "cls")
     inputs = batch(theirs.config)
-    a, b = ours(**inputs).logits, theirs(**inputs).logits
+    a, b = logits(ours, inputs, path), theirs(**inputs).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     a.sum().backward()
     b.sum().backward()
@@ -236,7 +263,8 @@ def test_gradient_checkpointing_same_gradients(tiny_model_dirs, tmp_path, cached
             model.gradient_checkpointing_enable()
         model.zero_grad()
         torch.manual_seed(0)
-        hook = model.backbone.layers[1].register_forward_pre_hook(lambda *_: calls.append(recompute))
+        # on a norm, which both paths call as a module (the fast path runs the layer's parts, not Layer.forward)
+        hook = model.backbone.layers[1].mlp_norm.register_forward_pre_hook(lambda *_: calls.append(recompute))
         if cached:
             gradcache.cached_step(model, columns, lambda e, labels: losses.mnrl(*e), 2)
         else:

@@ -1,8 +1,11 @@
-"""Padding-free execution (minisbert/packing.py) pinned to the backbone's own padded forward.
+"""The fast path (minisbert/fast: padding-free execution, minisbert/fast/packing.py) pinned to the
+reference path (minisbert.fast switched off: the backbone's own padded forward).
 
-Embeddings and parameter gradients of the packed pass equal the padded pass (dropout off) for BERT
-and XLM-R, every pooling mode, prompts, left padding, token types; the packed path steps aside for
-backbones it does not reproduce; and with dropout on it keeps dropping at the same rate.
+Every comparison runs both paths on the same model and inputs: `fast_path` (asserting the fast path ran)
+against `reference` (`minisbert.fast.disabled()`). Embeddings and parameter gradients of the packed pass
+equal the padded pass (dropout off) for BERT and XLM-R, every pooling mode, prompts, left padding, token
+types; the packed path steps aside for backbones it does not reproduce; with dropout on it keeps dropping
+at the same rate; MINISBERT_FAST=0 runs everything on the reference path.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from capabilities import needs_onednn
-from minisbert import BiEncoder, packing
+from capabilities import needs_fast, needs_onednn
+from minisbert import BiEncoder, fast
+from minisbert.fast import linears, packing
 from minisbert.pooling import MODES
+
+pytestmark = needs_fast  # every test here pins the fast path against the reference
 
 TEXTS = [
     "A man is playing a guitar.", "Two dogs run across the field while the children watch them from far away.",
@@ -25,10 +31,22 @@ TEXTS = [
 ]
 
 
-def padded(model, features):
-    """The reference: the backbone's own forward on the padded batch, then the same head."""
-    with packing.disabled():
+def reference(model, features):
+    """The reference path: the backbone's own forward on the padded batch, then the same head."""
+    with fast.disabled():
         return model(features)
+
+
+def fast_path(model, features):
+    """The model's forward, asserting that it took the fast path (not the fallback to the reference)."""
+    calls, real = [], packing.encode_packed
+    packing.encode_packed = lambda *args: calls.append(1) or real(*args)
+    try:
+        out = model(features)
+    finally:
+        packing.encode_packed = real
+    assert calls, "the fast path fell back to the reference"
+    return out
 
 
 def no_dropout(model):
@@ -49,9 +67,9 @@ def test_packed_embeddings_equal_padded(tiny, kind):
     assert packing.supports(model.backbone)
     columns = [model.tokenize(TEXTS), model.tokenize(TEXTS[::-1][:5]), model.tokenize(["one", "two words"])]
     with torch.no_grad():
-        ours = packing.embed_columns(model, columns)
+        ours = fast_path(model, columns)
         for c, emb in zip(columns, ours):
-            torch.testing.assert_close(emb, padded(model, c), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(emb, reference(model, c), atol=1e-6, rtol=1e-5)
             torch.testing.assert_close(model(c), emb, atol=1e-6, rtol=1e-5)  # forward packs one column alone
 
 
@@ -62,7 +80,7 @@ def test_every_pooling_mode_and_prompt(tiny_model_dirs, mode):
         model.include_prompt = include_prompt
         features = model.tokenize(TEXTS, prompt="query: ")
         with torch.no_grad():
-            torch.testing.assert_close(model(features), padded(model, features), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(fast_path(model, features), reference(model, features), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["bert", "xlmr"])
@@ -81,7 +99,7 @@ def test_left_padding_and_token_types(tiny, kind):
         left["token_type_ids"][:, -2:] = 1  # the second segment of a pair, as a cross-encoder would have
     left["prompt_length"] = 0
     with torch.no_grad():
-        torch.testing.assert_close(model(left), padded(model, left), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(fast_path(model, left), reference(model, left), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["bert", "xlmr"])
@@ -96,8 +114,8 @@ def test_packed_gradients_equal_padded(tiny_model_dirs, kind):
         sum((e * t).sum() for e, t in zip(embed(), targets)).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    ours = grads(lambda: model(columns))  # a list of columns: one packed pass (packing.embed_columns)
-    ref = grads(lambda: [padded(model, c) for c in columns])
+    ours = grads(lambda: fast_path(model, columns))  # a list of columns: one packed pass
+    ref = grads(lambda: [reference(model, c) for c in columns])
     # The pooler head is not run by the packed path; the padded path runs it without using it.
     assert set(ours) == {n for n in ref if ".pooler." not in n}
     scale = max(g.abs().max() for g in ref.values())
@@ -117,14 +135,14 @@ def test_real_minilm_packed_equals_padded(minilm_path, stsb_sentences):
     model = BiEncoder.from_pretrained(minilm_path)
     features = model.tokenize(stsb_sentences[:64])
     with torch.no_grad():
-        torch.testing.assert_close(model(features), padded(model, features), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fast_path(model, features), reference(model, features), atol=1e-5, rtol=0)
 
 
 def test_bf16_autocast_close_to_fp32(tiny):
     model = tiny["bert"].eval()
     features = model.tokenize(TEXTS)
     with torch.no_grad():
-        ref = padded(model, features)
+        ref = reference(model, features)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             ours = model(features).float()
     assert torch.nn.functional.cosine_similarity(ours, ref).min() > 0.99
@@ -152,12 +170,13 @@ def test_backbones_it_does_not_reproduce_use_their_own_forward(tiny_model_dirs):
         assert not packing.supports(model.backbone)
         features = model.tokenize(TEXTS)
         with torch.no_grad():
-            torch.testing.assert_close(model(features), padded(model, features))  # the hook is honoured
+            torch.testing.assert_close(model(features), reference(model, features))  # the hook is honoured
     finally:
         handle.remove()
-    with packing.disabled():
-        assert not packing.supports(model.backbone)
-    assert packing.supports(model.backbone)
+    inputs = [model.backbone_inputs(model.tokenize(TEXTS))]
+    assert fast.hidden_states(model.backbone, inputs) is not None
+    with fast.disabled():
+        assert fast.hidden_states(model.backbone, inputs) is None
 
 
 def test_pack_layout():
@@ -189,7 +208,7 @@ def test_cross_encoder_logits_equal_padded(tiny_classifier_dirs, kind):
     assert packing.classifier_logits(model.backbone, features) is not None
     with torch.no_grad():
         ours = model(features)
-        with packing.disabled():
+        with fast.disabled():
             ref = model(features)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
     no_dropout(model)
@@ -197,7 +216,7 @@ def test_cross_encoder_logits_equal_padded(tiny_classifier_dirs, kind):
     model(features).sum().backward()
     ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    with packing.disabled():
+    with fast.disabled():
         model(features).sum().backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     assert set(ours) == set(ref)
@@ -205,7 +224,7 @@ def test_cross_encoder_logits_equal_padded(tiny_classifier_dirs, kind):
     # are. (A fixed tolerance fits one transformers' random init and not another's: with transformers 4's,
     # the last layer's attention gradients cancel, and float32 keeps ~1 digit of them on either path.)
     exact = copy.deepcopy(model).double()
-    with packing.disabled():
+    with fast.disabled():
         exact(features).sum().backward()
     exact = {n: p.grad for n, p in exact.named_parameters() if p.grad is not None}
     scale = max(g.abs().max() for g in exact.values())  # a floor for gradients that are 0 in exact arithmetic
@@ -233,7 +252,7 @@ def test_bf16_autocast_gradients_close_to_padded(tiny_model_dirs):
     def grads(packed):
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            emb = model(features) if packed else padded(model, features)
+            emb = model(features) if packed else reference(model, features)
         (emb.float() * target).sum().backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -258,7 +277,7 @@ def test_dropout_noise_matches_the_padded_forward(tiny_model_dirs):
         model.train()
         torch.manual_seed(0)
         ours = torch.stack([((model(features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
-        ref = torch.stack([((padded(model, features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
+        ref = torch.stack([((reference(model, features) - clean) ** 2).sum(-1).mean() for _ in range(200)]).mean()
     assert 0.9 < float(ours / ref) < 1.1
 
 
@@ -319,7 +338,7 @@ def test_inference_with_rows_on_the_row_grid_equals_padded(tiny):
         features = model.tokenize(texts)
         assert features["attention_mask"].all()  # one bucket
         with torch.inference_mode():
-            torch.testing.assert_close(model(features), padded(model, features), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(model(features), reference(model, features), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("multiple", [packing.ATTENTION_MULTIPLE, 1])
@@ -374,8 +393,8 @@ def test_inference_tiles_bound_matmul_shapes_and_equal_one_pass(tiny, monkeypatc
     equal one pass over the whole batch (float32: to rounding; bf16: to bf16 noise)."""
     model = tiny["bert"].eval()
     rows_seen = set()
-    real_linear = packing._linear
-    monkeypatch.setattr(packing, "_linear", lambda x, *a, **k: rows_seen.add(x.shape[0]) or real_linear(x, *a, **k))
+    real_linear = linears.linear
+    monkeypatch.setattr(linears, "linear", lambda x, *a, **k: rows_seen.add(x.shape[0]) or real_linear(x, *a, **k))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=0)
     tile = 2 * packing.ROWS_MULTIPLE
@@ -394,24 +413,24 @@ def test_inference_tiles_bound_matmul_shapes_and_equal_one_pass(tiny, monkeypatc
             assert all(r % packing.ROWS_MULTIPLE == 0 for r in rows_seen)
         torch.testing.assert_close(tiled.float(), whole.float(), **tol)
         with torch.inference_mode():
-            torch.testing.assert_close(model(features), padded(model, features), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(model(features), reference(model, features), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_reused_inference_weights_equal_per_batch_copies(tiny, dtype):
     """encode() makes each linear's inference weights (fused QKV, bf16 casts, oneDNN layout) once per call
-    (`packing.reusing_weights`); batches see the same results as with copies made per batch, and a later
+    (`linears.reusing_weights`); batches see the same results as with copies made per batch, and a later
     call sees weights changed in between."""
     model = tiny["bert"].eval()
     features = model.tokenize(TEXTS)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     with torch.inference_mode(), autocast:
         fresh = model(features)
-        with packing.reusing_weights():
+        with linears.reusing_weights():
             reused = [model(features) for _ in range(2)]
             att = model.backbone.encoder.layer[0].attention.self
-            assert packing._prepared(dtype, att.query, att.key, att.value)[0] is \
-                packing._prepared(dtype, att.query, att.key, att.value)[0]  # made once in the block
+            assert linears.prepared(dtype, att.query, att.key, att.value)[0] is \
+                linears.prepared(dtype, att.query, att.key, att.value)[0]  # made once in the block
     tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=0)
     for r in reused:
         torch.testing.assert_close(r.float(), fresh.float(), **tol)
@@ -421,7 +440,7 @@ def test_reused_inference_weights_equal_per_batch_copies(tiny, dtype):
     try:
         after = model.encode(TEXTS, convert_to_tensor=True)
         assert not torch.allclose(before, after)  # no copy survives the call
-        torch.testing.assert_close(after, padded(model, model.tokenize(TEXTS)), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(after, reference(model, model.tokenize(TEXTS)), atol=1e-5, rtol=1e-5)
     finally:
         with torch.no_grad():
             model.backbone.encoder.layer[0].output.dense.weight.div_(1.5)
@@ -429,14 +448,14 @@ def test_reused_inference_weights_equal_per_batch_copies(tiny, dtype):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_float32_training_linear_equals_autograd(bias):
-    """`_Linear` (oneDNN in both directions) gives F.linear's output and gradients, for a non-contiguous
-    input too; its matmuls `_mm` equal torch.mm for every layout backward hands them."""
+    """`linears.Linear` (oneDNN in both directions) gives F.linear's output and gradients, for a non-contiguous
+    input too; its matmuls `linears.mm` equal torch.mm for every layout backward hands them."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(24, 37, generator=g).t().requires_grad_()  # (37, 24), a transposed view
     w = torch.randn(16, 24, generator=g).requires_grad_()
     b = torch.randn(16, generator=g).requires_grad_() if bias else None
     dy = torch.randn(37, 16, generator=g)
-    out = packing._Linear.apply(x, w, b)
+    out = linears.Linear.apply(x, w, b)
     grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], dy)
     ref = F.linear(x, w, b)
     ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], dy)
@@ -444,12 +463,12 @@ def test_float32_training_linear_equals_autograd(bias):
     for a, r in zip(grads, ref_grads):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
     for a, m in [(dy, w), (dy.t(), x.detach()), (x.detach(), w.detach().t())]:
-        torch.testing.assert_close(packing._mm(a, m), a.mm(m), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(linears.mm(a, m), a.mm(m), atol=1e-5, rtol=1e-5)
 
 
 @needs_onednn(torch.float32)
 def test_training_matmuls_take_onednn_in_float32_only(tiny_model_dirs, monkeypatch):
-    """A float32 training step runs its linears through oneDNN (`_mm`); under bf16 autocast they stay on
+    """A float32 training step runs its linears through oneDNN (`linears.mm`); under bf16 autocast they stay on
     autocast's F.linear (bf16 matmuls), as before."""
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
@@ -512,3 +531,22 @@ def test_gradient_checkpointing_on_packed_tokens_same_gradients(tiny_model_dirs,
     calls.clear()
     _step_grads(model, columns, step)
     assert calls == without
+
+
+def test_minisbert_fast_0_runs_everything_on_the_reference_path(tiny_model_dirs):
+    """MINISBERT_FAST=0: a fresh process never enters the fast path, and its embeddings equal the reference."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from minisbert import BiEncoder, fast; from minisbert.fast import packing\n"
+            "packing.encode_packed = None  # any use of the fast path would fail\n"
+            f"m = BiEncoder.from_pretrained({str(tiny_model_dirs['bert'])!r})\n"
+            "assert not fast.ENABLED\n"
+            "with torch.no_grad(): print(m(m.tokenize(['a b c', 'd'])).sum().item())\n")
+    env = dict(__import__("os").environ, MINISBERT_FAST="0")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
+    features = model.tokenize(["a b c", "d"])
+    with torch.no_grad():
+        assert abs(float(out.stdout) - reference(model, features).sum().item()) < 1e-4

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 from train import TrainConfig, main  # noqa: E402
 
+from capabilities import needs_fast  # noqa: E402
 from minisbert import losses, training  # noqa: E402
 from minisbert.data import NoDuplicatesBatchSampler, load_dataset  # noqa: E402
 
@@ -291,10 +292,11 @@ def test_prompts_multi_dataset_and_per_dataset_losses(models, data, tmp_path, mo
     assert again.datasets == spec and again.max_length == 128
 
 
+@needs_fast
 def test_gradient_checkpointing_trains_the_same_weights(models, data, tmp_path, monkeypatch):
     """--gradient_checkpointing recomputes the packed layers in backward (dropout on: the RNG state is
     replayed), so 3 steps, plain and cached, give the weights of the same run without it."""
-    from minisbert import packing
+    from minisbert.fast import packing
 
     calls = []
     real = packing._layer
@@ -352,7 +354,7 @@ def test_bf16_says_once_when_emulated_and_names_the_kernels(native, models, data
     The startup line names the kernels in use."""
     import warnings
 
-    from minisbert import kernels
+    from minisbert.fast import kernels
 
     monkeypatch.setattr(kernels, "bf16_native", lambda device: native)
     monkeypatch.setattr(kernels, "_WARNED", set())
