@@ -58,16 +58,14 @@ from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
 from minisbert.cross_encoder import CrossEncoder
 from minisbert.data import (
-    DataError, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt,
+    MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt,
 )
 from minisbert.gradcache import cached_step
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES
 from minisbert.sampler import BatchFill
-from minisbert.training import (
-    CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
-    NonFiniteLoss, SaveError,
-)
+from minisbert.errors import ConfigError, DataError, Interrupted, NonFiniteLoss, SaveError
+from minisbert.training import CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES
 
 HERE = Path(__file__).resolve().parent
 SHIPPED_TRAIN = HERE / "examples" / "data" / "nli-triplets-small.jsonl"
@@ -375,11 +373,6 @@ def allow_tf32() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT): the message says where the last checkpoint is and how to resume (still a
-    KeyboardInterrupt for code that calls main)."""
 
 
 def main(cfg: TrainConfig) -> dict:

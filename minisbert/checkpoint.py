@@ -27,6 +27,8 @@ import struct
 import tempfile
 from pathlib import Path
 
+from .errors import ModelLoadError  # noqa: F401  (re-exported: minisbert.checkpoint.ModelLoadError)
+
 # The ST version whose folder layout we write; every ST from 2.4 to 6.2 loads it.
 ST_FORMAT_VERSION = "3.4.1"
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
@@ -45,10 +47,6 @@ LEGACY_POOLING_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-
-
-class ModelLoadError(ValueError):
-    """A model folder or name that cannot be loaded; the message names the folder and the fix."""
 
 
 # ---------------------------------------------------------------------------- finding a model

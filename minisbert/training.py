@@ -35,19 +35,7 @@ from safetensors import SafetensorError
 from . import losses
 from .adamw import AdamW
 from .checkpoint import atomic_dir
-
-
-class ConfigError(ValueError):
-    """A training setting that cannot work; the message names the flag (or file, row) and the fix."""
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss or the gradient became NaN/inf; the message names the step and the last good checkpoint."""
-
-
-class SaveError(OSError):
-    """A checkpoint or model folder could not be written (disk full, permissions); the message names the
-    folder and the last complete checkpoint, which the failed save left untouched."""
+from .errors import ConfigError, NonFiniteLoss, SaveError  # noqa: F401  (re-exported: training.ConfigError)
 
 
 # What a failed write raises: OSError from Python's files, SafetensorError from safetensors (a full disk
