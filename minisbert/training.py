@@ -169,9 +169,9 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
 def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> AdamW:
     """AdamW (betas 0.9/0.999, eps 1e-8, as ST), two groups: decayed and not; fused on CUDA and CPU.
 
-    The fused kernel is one pass over the parameters instead of one per foreach op: on all-MiniLM-L6-v2
-    (22M parameters, 2-core CPU) an optimizer step takes 16 ms instead of 118 ms. transformers' default
-    optimizer is the same fused AdamW. Other devices (e.g. MPS) get the foreach implementation.
+    The fused kernel is one pass over the parameters instead of one per foreach op, several times faster
+    (benchmarks/README.md, decision table: fused AdamW on CPU). transformers' default optimizer is the
+    same fused AdamW. Other devices (e.g. MPS) get the foreach implementation.
     adamw.AdamW is torch.optim.AdamW's update and state_dict without torch.optim, whose first use
     imports torch._dynamo (over a second of train.py's launch; see adamw.py).
     """
