@@ -324,6 +324,46 @@ def allow_tf32() -> None:
 # data, tasks, saving: what main() calls, each with the values it needs passed in
 
 
+def model_loader(cfg: TrainConfig, is_cross: bool, device):
+    """`load(folder)`: the model this run trains, as the flags shape it."""
+    if is_cross:  # a bi-encoder or plain backbone gets a new one-logit head
+        return functools.partial(CrossEncoder.from_pretrained, max_length=cfg.max_length, device=device)
+    return functools.partial(BiEncoder.from_pretrained, max_length=cfg.max_length, pooling=cfg.pooling,
+                             normalize=cfg.normalize, device=device)
+
+
+def matryoshka_dims(cfg: TrainConfig, specs: list[dict], width: int) -> list[int] | None:
+    if not any(s["loss"] == "matryoshka" for s in specs):
+        return None
+    dims = cfg.matryoshka_dims or training.default_matryoshka_dims(width)
+    if any(d > width for d in dims):
+        raise ConfigError(f"--matryoshka_dims {[d for d in dims if d > width]} exceed the model's embedding width {width}")
+    return dims
+
+
+def truncation_line(truncation: Truncation, max_length: int) -> str:
+    if truncation.count:
+        return (f"truncation: {truncation.count} of {truncation.total} training inputs were longer than max_length="
+                f"{max_length} tokens and were cut to {max_length}")
+    return f"truncation: none of the {truncation.total} training inputs exceeds max_length={max_length}"
+
+
+def best_model(cfg: TrainConfig, records: list[dict]) -> training.Best:
+    """--metric_for_best_model, checked against the eval keys the run logged before its first step."""
+    metric = training.resolve_metric(cfg.metric_for_best_model, sorted({k for r in records for k in r if k.startswith("eval_")}))
+    return training.Best(metric, cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss"))
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: Path, resolved: dict):
+    """Hold output_dir's lock, clean up after killed saves, write train_config.json."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with checkpoint.OutputDirLock(output_dir):  # before the cleanup: it may not touch another run's saves
+        checkpoint.remove_partial_saves(output_dir)
+        checkpoint.write_run_file(output_dir / "train_config.json", json.dumps(resolved, indent=2) + "\n")
+        yield
+
+
 def make_schedule(cfg: TrainConfig, specs: list[dict], datasets: list, say) -> tuple[str, MultiDatasetSchedule]:
     """Check each dataset against its loss, say what it trains on, and make the batch schedule."""
     in_batch = [base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in specs]
@@ -457,23 +497,14 @@ def main(cfg: TrainConfig) -> dict:
 
         # -------------------------------------------------------------- model
         base_model = cfg.model or resumed_config.get("model") or str(_default_model())  # resuming: the run's own model
-        if is_cross:  # a bi-encoder or plain backbone gets a new one-logit head
-            load = functools.partial(CrossEncoder.from_pretrained, max_length=cfg.max_length, device=device)
-        else:
-            load = functools.partial(BiEncoder.from_pretrained, max_length=cfg.max_length, pooling=cfg.pooling,
-                                     normalize=cfg.normalize, device=device)
+        load = model_loader(cfg, is_cross, device)
         model = load(resume_dir or base_model)
         if is_cross and model.num_labels != 1:
             raise ConfigError(f"--model {base_model} is a cross-encoder with {model.num_labels} labels; bce and listwise train one logit")
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         guide = BiEncoder.from_pretrained(cfg.guide_model, device=device).requires_grad_(False) if cfg.guide_model else None
-        dims = None
-        if not is_cross and any(s["loss"] == "matryoshka" for s in specs):
-            dims = cfg.matryoshka_dims or training.default_matryoshka_dims(model.embedding_dim)
-            if any(d > model.embedding_dim for d in dims):
-                raise ConfigError(f"--matryoshka_dims {[d for d in dims if d > model.embedding_dim]} exceed the model's "
-                                  f"embedding width {model.embedding_dim}")
+        dims = None if is_cross else matryoshka_dims(cfg, specs, model.embedding_dim)
         say(f"model {base_model} ({'cross-encoder' if is_cross else f'bi-encoder, {model.embedding_dim} dims'}), "
             f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}"
             + (f", {world.world_size} processes" if world.distributed else ""))
@@ -485,16 +516,12 @@ def main(cfg: TrainConfig) -> dict:
         # -------------------------------------------------------------- tasks (tokenized once, up front), evaluation
         truncation = Truncation()
         tasks = [make_task(cfg, s, ds, model, guide, dims, truncation) for s, ds in zip(specs, datasets)]
-        say(f"truncation: {truncation.count} of {truncation.total} training inputs were longer than max_length="
-            f"{model.max_length} tokens and were cut to {model.max_length}" if truncation.count else
-            f"truncation: none of the {truncation.total} training inputs exceeds max_length={model.max_length}")
+        say(truncation_line(truncation, model.max_length))
         prompts = {} if is_cross else model_prompts(cfg, specs, datasets)
         if prompts:
             model.prompts.update(prompts)
             say(f"training prompts, saved with the model: {prompts}")
-        eval_data = cfg.eval_data
-        if eval_data is None:
-            eval_data = [f"nli-dev={SHIPPED_DEV}"] if cfg.data is None and cfg.datasets is None else []
+        eval_data = cfg.eval_data if cfg.eval_data is not None else [f"nli-dev={SHIPPED_DEV}"] if cfg.data is None and cfg.datasets is None else []
         evaluators = [training.make_evaluator(entry, is_cross, dims) for entry in eval_data]
         dev_task = make_dev_task(cfg, specs[0], model, guide, dims) if cfg.eval_dataset else None
         evaluate = functools.partial(training.evaluate, evaluators=evaluators, dev_task=dev_task, batch_size=cfg.batch_size,
@@ -519,16 +546,12 @@ def main(cfg: TrainConfig) -> dict:
             before = evaluate(model)
             loop.log = [{"step": 0, "epoch": 0.0, **before}] if before else []
         if cfg.metric_for_best_model is not None and world.main:
-            metric = training.resolve_metric(cfg.metric_for_best_model, sorted({k for r in loop.log for k in r if k.startswith("eval_")}))
-            loop.best = training.Best(metric, cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss"))
+            loop.best = best_model(cfg, loop.log)
         if state is not None:
             loop.load_state_dict(state, optimizer, world.rank)  # restores the RNG: nothing below draws random numbers
             say(f"resumed from {resume_dir} at step {loop.step} of {total}")
         if world.main:  # every check has passed: from here on the run (its rank 0) writes to output_dir
-            output_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(checkpoint.OutputDirLock(output_dir))  # before the cleanup: it may not touch another run's saves
-            checkpoint.remove_partial_saves(output_dir)
-            checkpoint.write_run_file(output_dir / "train_config.json", json.dumps(resolved, indent=2) + "\n")
+            stack.enter_context(claim_output_dir(output_dir, resolved))
             run["output_dir"] = output_dir
         log = training.RunLog(output_dir / "log.jsonl", loop.log) if world.main else None
 
@@ -590,7 +613,7 @@ def main(cfg: TrainConfig) -> dict:
             final = evaluate(model)
             log.append({"step": total, "epoch": round(loop.epoch_float, 4), **final})
             best = loop.best
-            if best is not None and not best.update(final, total) and best.step != total:
+            if best is not None and not best.update(final, total) and best.step != total:  # the best is a checkpoint
                 best_dir = output_dir / f"checkpoint-{best.step}"
                 say(f"loading the best model: {best.metric} = {best.value:.4f} at step {best.step} ({best_dir})")
                 model = load(best_dir)
