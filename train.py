@@ -426,6 +426,13 @@ def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState
         checkpoint.rotate_run_checkpoints(output_dir, save_total_limit, loop.best.step if loop.best else None)
 
 
+def run_line(cfg: TrainConfig, tasks: list, total: int, warmup: int, sampler_name: str, world) -> str:
+    per_process = f" ({cfg.batch_size / world.world_size:g} per process)" if world.distributed else ""
+    return (f"training: {sum(t.size for t in tasks)} rows in {len(tasks)} dataset(s), {total} steps of batch {cfg.batch_size}"
+            f"{per_process} x {cfg.gradient_accumulation_steps} accumulation, sampler {sampler_name}, "
+            f"{cfg.lr_scheduler_type} schedule with {warmup} warmup steps")
+
+
 def log_evaluation(loop: training.LoopState, log: training.RunLog, metrics: dict, say, **extra) -> None:
     log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), **extra, **metrics})
     say(training.format_record({"step": loop.step, "epoch": loop.epoch_float, **extra, **metrics}, loop.total_steps))
@@ -556,10 +563,7 @@ def main(cfg: TrainConfig) -> dict:
         log = training.RunLog(output_dir / "log.jsonl", loop.log) if world.main else None
 
         # -------------------------------------------------------------- the loop
-        per_process = f" ({cfg.batch_size / world.world_size:g} per process)" if world.distributed else ""
-        say(f"training: {sum(t.size for t in tasks)} rows in {len(tasks)} dataset(s), {total} steps of batch {cfg.batch_size}"
-            f"{per_process} x {accumulation} accumulation, sampler {sampler_name}, {cfg.lr_scheduler_type} schedule with "
-            f"{warmup} warmup steps")
+        say(run_line(cfg, tasks, total, warmup, sampler_name, world))
         model.train()
         bar = tqdm(total=total, initial=loop.step, disable=cfg.disable_tqdm or not world.main, desc="train", dynamic_ncols=True)
         tick = time.perf_counter()
