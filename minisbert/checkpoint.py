@@ -1,4 +1,5 @@
-"""Model folders on disk: find them, read every sentence-transformers generation, write the legacy one.
+"""Everything on disk: model folders (ST's format, read in every generation, written in the legacy one)
+and run checkpoints (a model folder + training_state.pt, to resume a run; at the end of this file).
 
 Reading (spec section 1): modules.json written by ST 2.x-5.3 (`sentence_transformers.models.X`),
 5.4-5.7 and 6.x (`sentence_transformers.base.modules...X`); pooling configs of all three key
@@ -22,10 +23,17 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import stat
 import struct
 import tempfile
 from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from .errors import ConfigError, ModelLoadError, SaveError
 
 # The ST version whose folder layout we write; every ST from 2.4 to 6.2 loads it.
 ST_FORMAT_VERSION = "3.4.1"
@@ -45,10 +53,6 @@ LEGACY_POOLING_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-
-
-class ModelLoadError(ValueError):
-    """A model folder or name that cannot be loaded; the message names the folder and the fix."""
 
 
 # ---------------------------------------------------------------------------- finding a model
@@ -384,3 +388,244 @@ def versions() -> dict:
     import torch
 
     return {"sentence_transformers": ST_FORMAT_VERSION, "transformers": metadata.version("transformers"), "pytorch": torch.__version__}
+
+
+# ----------------------------------------------------------------------------------------------
+# run checkpoints: what a training run writes into its output_dir to be resumed
+#
+# output_dir/checkpoint-<step>/ = the ST model folder + training_state.pt, written together into a
+# temporary sibling and renamed into place, so a crash (even SIGKILL) mid-save leaves the previous
+# checkpoints intact and never a folder without its state.
+
+# What a failed write raises: OSError from Python's files, SafetensorError from safetensors (a full disk
+# while writing model.safetensors is "Error while serializing: I/O error: No space left on device").
+WRITE_ERRORS = (OSError, SafetensorError)
+# The training state's keys are training.LoopState.KEYS: the loop owns what it needs to resume.
+RUN_STATE_FILE = "training_state.pt"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# What killed saves leave in output_dir: atomic_dir's temporary folders (".checkpoint-8.tmp-x", and
+# "..checkpoint-8.tmp-x.tmp-y" from the model's own atomic save inside it, ".final.tmp-x"), the previous
+# version it was replacing (".checkpoint-8.old-<pid>") and rotation's trash (".checkpoint-4.deleted-<pid>").
+_PARTIAL = re.compile(r"^\.+(checkpoint-\d+|final)\.(tmp|old|deleted)-")
+_REPLACED = re.compile(r"^\.(checkpoint-\d+|final)\.old-\d+$")
+# Test hook: the step whose checkpoint save kills its own process after writing the model but
+# before the training state, to prove that `--resume latest` then finds the previous checkpoint.
+KILL_DURING_SAVE = "MINISBERT_KILL_DURING_SAVE"
+
+
+def save_run_checkpoint(output_dir: Path, step: int, model, state: dict) -> Path:
+    """Write checkpoint-<step>/ (model folder + training_state.pt) atomically; returns its path."""
+    target = Path(output_dir) / f"checkpoint-{step}"
+    try:
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            if os.environ.get(KILL_DURING_SAVE) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            save_run_state(state, tmp / RUN_STATE_FILE)
+    except WRITE_ERRORS as e:  # disk full, quota, permissions: atomic_dir has removed the partial folder
+        raise SaveError(save_failed_message(target, e, output_dir)) from e
+    return target
+
+
+def save_run_state(state: dict, path: Path) -> None:
+    """torch.save into `path`; a failed write (a full disk) raises its OSError, not the RuntimeError
+    ("unexpected pos ...") torch's zip writer makes of it."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(state, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
+
+
+def save_failed_message(target: Path, error: Exception, output_dir: Path) -> str:
+    """The message for a save that failed with `error`: what, why, and where the run can continue from."""
+    found = run_checkpoints(output_dir)
+    last = f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was saved before"
+    why = f"{error.strerror} (errno {error.errno})" if getattr(error, "strerror", None) else str(error)
+    then = "continue with --resume latest" if found else "run again"
+    return (f"could not write {target}: {why}. Nothing was half-written: {last}; free space (or fix the "
+            f"permissions) and {then}")
+
+
+def load_run_state(folder: Path, keys=()) -> dict:
+    """The training state of a checkpoint, unpickled with weights_only=True (tensors + primitives only);
+    a ConfigError unless it has every one of `keys`."""
+    path = Path(folder) / RUN_STATE_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume {folder}: no {RUN_STATE_FILE} there; it is not a complete minisbert checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise ConfigError(f"--resume {folder}: cannot read {path.name} ({type(e).__name__}: {e})") from None
+    missing = set(keys) - set(state)
+    if missing:
+        raise ConfigError(f"--resume {folder}: {path.name} lacks {sorted(missing)}")
+    return state
+
+
+def run_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (with their state file) in output_dir, oldest first."""
+    found = []
+    if Path(output_dir).is_dir():
+        for p in Path(output_dir).iterdir():
+            m = _CHECKPOINT.match(p.name)
+            if m and p.is_dir() and (p / RUN_STATE_FILE).is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_resume(resume: str, output_dir: Path) -> Path:
+    """`latest` -> the newest complete checkpoint in output_dir; otherwise the given folder."""
+    if resume == "latest":
+        found = run_checkpoints(output_dir)
+        if not found:
+            raise ConfigError(f"--resume latest: {output_dir} has no complete checkpoint-<step> folder")
+        return found[-1][1]
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"--resume {resume}: no such checkpoint folder (pass a checkpoint-<step> folder or 'latest')")
+    return path
+
+
+def remove_partial_saves(output_dir: Path) -> None:
+    """Clean up after killed saves: delete their temporary folders, and put back a folder that atomic_dir
+    had moved aside to replace it (`.checkpoint-8.old-<pid>` without `checkpoint-8`: the kill fell between
+    its two renames, so that is the last complete version)."""
+    if Path(output_dir).is_dir():
+        for p in sorted(Path(output_dir).iterdir()):
+            if not (p.is_dir() and _PARTIAL.match(p.name)):
+                continue
+            replaced = _REPLACED.match(p.name)
+            if replaced and not p.with_name(replaced.group(1)).exists():
+                os.rename(p, p.with_name(replaced.group(1)))
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def rotate_run_checkpoints(output_dir: Path, save_total_limit: int | None, keep_step: int | None = None) -> list[int]:
+    """Delete the oldest checkpoints beyond `save_total_limit`, never the one at `keep_step` (the best)."""
+    if not save_total_limit:
+        return []
+    found = run_checkpoints(output_dir)
+    newest = {step for step, _ in found[-save_total_limit:]}
+    deleted = []
+    for step, path in found:
+        if step not in newest and step != keep_step:
+            # Renamed first: a kill mid-delete leaves a hidden folder (removed at the next start), never
+            # a checkpoint-<step> that lost its weights but kept its state file and so looks complete.
+            trash = path.with_name(f".{path.name}.deleted-{os.getpid()}")
+            os.rename(path, trash)
+            shutil.rmtree(trash)
+            deleted.append(step)
+    return deleted
+
+
+def write_run_file(path: Path, text: str, append: bool = False) -> None:
+    """Write (or append to) train_config.json or log.jsonl; a failed write (a full disk) is a SaveError
+    naming the file and the last complete checkpoint. The records also travel in each checkpoint's state,
+    so a resumed run rewrites log.jsonl whole."""
+    try:
+        with open(path, "a" if append else "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise SaveError(save_failed_message(path, e, path.parent)) from e
+
+
+# ----------------------------------------------------------------------------------------------
+# the output_dir lock: one run at a time writes run checkpoints there
+#
+# output_dir/.lock holds {"pid", "host"} of the run writing there, under an advisory flock: the kernel
+# drops the flock when its process dies, so a lock file left by a killed run is stale and taken over.
+
+LOCK_FILE = ".lock"
+
+
+def check_writable(output_dir: Path) -> None:
+    """Fail before any work when output_dir (or the folder it would be made in) cannot take files."""
+    folder = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # an unnamed file (O_TMPFILE): nothing appears in the folder
+            pass
+    except OSError as e:
+        why = f"{folder} is not writable" if folder != output_dir else "it is not writable"
+        raise ConfigError(f"--output_dir {output_dir}: {why} ({e.strerror or e}); pick another --output_dir") from None
+
+
+def output_dir_holder(output_dir: Path) -> str | None:
+    """Who holds output_dir's lock ("pid 123 on host"), or None when nobody (no file, or a stale one)."""
+    lock = OutputDirLock(output_dir)
+    if not lock.path.is_file():
+        return None
+    try:
+        if lock.acquire(create=False):
+            lock.release(remove=False)  # only looking: a stale file stays for the run that takes it
+            return None
+    except OSError:
+        return None
+    return lock.holder()
+
+
+class OutputDirLock:
+    """`with OutputDirLock(output_dir):` holds output_dir for this process, or raises ConfigError naming
+    the run (pid, host) that holds it. Systems without fcntl (Windows) run unlocked."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.path = self.output_dir / LOCK_FILE
+        self.fd = None
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on {info['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def acquire(self, create: bool = True) -> bool:
+        """Take the flock; False when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        while True:
+            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            try:  # the holder may have removed the file between our open and our flock: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return True
+            os.close(fd)
+            if not create:
+                return True
+
+    def release(self, remove: bool = True) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)  # before the unlock: nobody can lock a file that is about to vanish
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self):
+        if not self.acquire():
+            raise ConfigError(f"--output_dir {self.output_dir} is in use by another run ({self.holder()}); wait for it "
+                              "to finish, or pick another --output_dir")
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+                os.write(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+            except OSError:  # a full disk: the flock still holds, a second run just cannot name us
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

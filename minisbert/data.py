@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import DataError  # noqa: F401  (re-exported: minisbert.data.DataError)
+
 LABEL_COLUMNS = ("label", "labels", "score", "scores")  # ST's DEFAULT_LABEL_COLUMNS, same order
 # An inferred string column with at most this many distinct values, and at most this share of the
 # rows, is a source/language/category field rather than text (real text columns repeat far less).
@@ -46,10 +48,6 @@ _SAMPLER_NAMES = ("NoDuplicatesBatchSampler", "ShuffledBatchSampler", "MultiData
 
 __all__ = ["DataError", "TextDataset", "load_dataset", "from_columns", "resolve_prompt", "mine_hard_negatives",
            "LABEL_COLUMNS", *_SAMPLER_NAMES]
-
-
-class DataError(ValueError):
-    """Bad training data or data settings; the message names the file, line and column."""
 
 
 def __getattr__(name):  # re-export the samplers lazily: sampler.py imports this module

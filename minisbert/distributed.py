@@ -51,7 +51,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from .training import ConfigError
+from .errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 1800  # as transformers' ddp_timeout: rank 0's evaluation or checkpoint write must fit in it
 

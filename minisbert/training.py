@@ -1,58 +1,46 @@
-"""The pieces train.py's loop is made of, each with its own rules; train.py reads top to bottom around them.
+"""The training step and the pieces train.py's loop is made of; train.py reads top to bottom around them.
 
     column losses      which embedding columns go where in each --loss, and what data each one needs
     optimizer          AdamW with weight decay off for biases and norm weights (transformers' rule)
     LR schedule        warmup, then linear / cosine / constant, as a pure function of the step
+    the step           Task (a dataset tokenized once, with its loss) -> make_batch -> train_step:
+                       forward, loss, backward of one micro-batch, plain or cached (GradCache); dev_loss
     steps per epoch    sampler batches -> optimizer steps (accumulation); the batches are global,
                        each process takes its share of them (distributed.World.shard)
-    training state     optimizer, step, sampler position, RNG states, the log: one file beside the
-                       model in every checkpoint, loaded with torch.load(weights_only=True)
-    checkpoints        atomic write, `latest`, rotation that never deletes the best
-    output_dir lock    one run at a time per output_dir: a lock file with the pid, stale locks taken over
+    LoopState          step, sampler position, log, best, RNG states: state_dict() is the run
+                       checkpoint's training_state.pt (written by checkpoint.save_run_checkpoint)
     best model         metric_for_best_model, validated against the keys the evaluators return
     log                log.jsonl, one JSON object per logging step and per evaluation
+    evaluation         --eval_data entries -> evaluators, and one evaluation of the model
+    messages           what a stopped run says: where its last checkpoint is and how to continue
 
 Nothing here imports train.py; the model is only saved and loaded through its own methods.
+Shapes: B rows of a micro-batch (b: this process's share), D embedding width, K columns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
-import os
-import socket
 import random
 import re
-import shutil
-import signal
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from torch import Tensor
 
-from . import losses
+from . import distributed, evaluation, gradcache, losses
 from .adamw import AdamW
-from .checkpoint import atomic_dir
-
-
-class ConfigError(ValueError):
-    """A training setting that cannot work; the message names the flag (or file, row) and the fix."""
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss or the gradient became NaN/inf; the message names the step and the last good checkpoint."""
-
-
-class SaveError(OSError):
-    """A checkpoint or model folder could not be written (disk full, permissions); the message names the
-    folder and the last complete checkpoint, which the failed save left untouched."""
-
-
-# What a failed write raises: OSError from Python's files, SafetensorError from safetensors (a full disk
-# while writing model.safetensors is "Error while serializing: I/O error: No space left on device").
-WRITE_ERRORS = (OSError, SafetensorError)
+from .checkpoint import run_checkpoints, write_run_file
+from .collate import TokenizedColumn, collate, tokenize_column, tokenize_pairs
+from .cross_encoder import CrossEncoder
+from .errors import ConfigError
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,9 +169,9 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
 def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> AdamW:
     """AdamW (betas 0.9/0.999, eps 1e-8, as ST), two groups: decayed and not; fused on CUDA and CPU.
 
-    The fused kernel is one pass over the parameters instead of one per foreach op: on all-MiniLM-L6-v2
-    (22M parameters, 2-core CPU) an optimizer step takes 16 ms instead of 118 ms. transformers' default
-    optimizer is the same fused AdamW. Other devices (e.g. MPS) get the foreach implementation.
+    The fused kernel is one pass over the parameters instead of one per foreach op, several times faster
+    (benchmarks/README.md, decision table: fused AdamW on CPU). transformers' default optimizer is the
+    same fused AdamW. Other devices (e.g. MPS) get the foreach implementation.
     adamw.AdamW is torch.optim.AdamW's update and state_dict without torch.optim, whose first use
     imports torch._dynamo (over a second of train.py's launch; see adamw.py).
     """
@@ -199,12 +187,17 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
 # ----------------------------------------------------------------------------------------------
 # learning-rate schedule: a multiplier of the base LR as a function of the optimizer step
 
-SCHEDULES = ("linear", "cosine", "constant")
+LR_SCHEDULES = ("linear", "cosine", "constant")
 
 
 def resolve_warmup(total_steps: int, warmup_steps: int, warmup_ratio: float) -> int:
     """warmup_steps when > 0, else ceil(total * warmup_ratio) (transformers' rule)."""
     return warmup_steps if warmup_steps > 0 else math.ceil(total_steps * warmup_ratio)
+
+
+def learning_rate(peak: float, schedule: str, step: int, *, total_steps: int, warmup_steps: int) -> float:
+    """The learning rate of the (step + 1)-th optimizer step: `peak` times the schedule's multiplier."""
+    return peak * lr_multiplier(schedule, step, total_steps, warmup_steps)
 
 
 def lr_multiplier(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
@@ -222,7 +215,123 @@ def lr_multiplier(schedule: str, step: int, total_steps: int, warmup_steps: int)
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     if schedule == "cosine":
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    raise ConfigError(f"--lr_scheduler_type {schedule!r} is unknown; expected one of {', '.join(SCHEDULES)}")
+    raise ConfigError(f"--lr_scheduler_type {schedule!r} is unknown; expected one of {', '.join(LR_SCHEDULES)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the step: a Task (one dataset, tokenized once) -> make_batch -> train_step
+
+
+@dataclass
+class Task:
+    """One training (or dev) dataset, ready to batch: token ids per column, labels, its column loss."""
+
+    name: str
+    size: int
+    columns: list[TokenizedColumn]  # one per model input column (SimCSE: the one text column twice)
+    loss_fn: Callable  # fn(outputs, labels, guide_embeddings=None) -> scalar
+    labels: Tensor | None = None  # (N,) float32
+    cross: bool = False  # cross-encoder: each column holds (column 0, column k) pairs, outputs are (B, 1) logits
+    mini_batch_size: int | None = None  # the cached step's chunk size; None: the plain step
+    guide: torch.nn.Module | None = None  # gist's frozen guide bi-encoder
+    guide_columns: list[TokenizedColumn] = field(default_factory=list)  # the same texts tokenized for the guide
+    text_ids: Tensor | None = None  # (K, N) int64: equal texts have equal ids (--mask_duplicates)
+
+
+def build_task(model, name: str, texts: list[list[str]], loss_fn: Callable, *, loss: str, labels=None,
+               prompts: list[str | None] | None = None, guide=None, mini_batch_size: int | None = None,
+               mask_duplicates: bool = False, truncation=None) -> Task:
+    """Tokenize a dataset's text columns (in role order) once, up front, for `model`.
+
+    loss: the base --loss name (one text column and an mnrl-type loss: SimCSE, the column twice);
+    prompts: one training prompt per column, prepended before tokenization (bi-encoders);
+    guide: gist's guide model; truncation: counts the inputs cut to max_length.
+    """
+    cross = isinstance(model, CrossEncoder)
+    guide_columns = []
+    if cross:  # (column 0, column k) pairs
+        columns = [tokenize_pairs(model.tokenizer, texts[0], texts[k], max_length=model.max_length,
+                                  input_names=model.input_names, truncation=truncation) for k in range(1, len(texts))]
+    else:
+        prompts = prompts or [None] * len(texts)
+        columns = [tokenize_column(model.tokenizer, t, max_length=model.max_length, input_names=model.input_names,
+                                   prompt=p, truncation=truncation) for t, p in zip(texts, prompts)]
+        if guide is not None:
+            guide_columns = [tokenize_column(guide.tokenizer, t, max_length=guide.max_length, input_names=guide.input_names,
+                                             prompt=p) for t, p in zip(texts, prompts)]
+        if len(columns) == 1 and loss in SIMCSE_LOSSES:  # SimCSE: the same texts twice, two dropout masks
+            columns, guide_columns = columns * 2, guide_columns * 2
+    text_ids = None
+    if mask_duplicates and loss in IN_BATCH_LOSSES:
+        number = {}  # text -> id, over every column: a positive repeated as a negative is caught too
+        text_ids = torch.tensor([[number.setdefault(t, len(number)) for t in column] for column in texts])  # (K, N)
+        text_ids = text_ids.repeat(len(columns) // len(texts), 1)  # SimCSE: the one column, twice
+    labels = torch.tensor(labels, dtype=torch.float32) if labels is not None else None
+    return Task(name, len(texts[0]), columns, loss_fn, labels, cross, mini_batch_size, guide, guide_columns, text_ids)
+
+
+def make_batch(task: Task, rows: list[int], *, device, autocast=contextlib.nullcontext(),
+               world: distributed.World | None = None, sizes: list[int] | None = None, batch: list[int] | None = None):
+    """Padded features of each column for `rows`, their labels, and the loss with the guide bound in.
+
+    Given `world` and `sizes` (every process's share of the global `batch`, of which `rows` is this
+    process's), the loss all-gathers the outputs and sees the global batch (distributed.World.gathered).
+    """
+    # On the model's device up front: the cached step finds the CUDA RNG to save and replay through them.
+    columns = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(c, rows).items()} for c in task.columns]
+    labels = task.labels[rows].to(device) if task.labels is not None else None
+    loss_fn = task.loss_fn if sizes is None else world.gathered(task.loss_fn, sizes)
+    if task.guide_columns:
+        with torch.no_grad(), autocast:
+            guide_embeddings = [task.guide(collate(c, rows)) for c in task.guide_columns]  # (b, D_guide) each
+        loss_fn = functools.partial(loss_fn, guide_embeddings=guide_embeddings)
+    if task.text_ids is not None:  # ids of the whole batch's candidates, in the gathered layout
+        candidate_ids = task.text_ids[1:, rows if batch is None else batch].reshape(-1).to(device)  # (C,)
+        loss_fn = functools.partial(loss_fn, candidate_ids=candidate_ids)
+    return columns, labels, loss_fn
+
+
+def _embed(model, features, autocast):
+    with autocast:
+        return model(features)  # (b, D) embeddings or (b, 1) logits
+
+
+def train_step(model: torch.nn.Module, task: Task, rows: list[int], *, world: distributed.World,
+               autocast=contextlib.nullcontext(), loss_scale: float = 1.0, sync: bool = True) -> Tensor:
+    """Forward + backward of one micro-batch (`rows`: the global batch); returns the detached loss.
+
+    model: what to run (the DistributedDataParallel wrapper in a multi-process run); loss_scale:
+    1 / micro-batches per optimizer step. The loss is computed from the columns' outputs in one place
+    (`loss_fn(outputs, labels)`): a multi-process run embeds this process's share of `rows` and
+    all-gathers the outputs (with grad) and labels before the loss, so every process computes the loss
+    of the whole batch. DDP all-reduces the gradients only when `sync` (the last micro-batch of a step).
+    """
+    mine, sizes = world.shard(rows)
+    columns, labels, loss_fn = make_batch(task, mine, device=world.device, autocast=autocast, world=world,
+                                          sizes=sizes, batch=rows)
+    if task.mini_batch_size:  # the cached step: embed without graph, loss, replay chunk by chunk
+        replays = sum(len(r) for r in gradcache.plan(columns, task.mini_batch_size))  # forwards with grad
+        forward = distributed.SyncLastForward(model, functools.partial(_embed, model, autocast=autocast), replays, sync)
+        loss = gradcache.cached_step(forward, columns, loss_fn, task.mini_batch_size, labels=labels, loss_scale=loss_scale)
+        forward.check()
+        return loss
+    with distributed.sync_gradients(model, sync):
+        # A bi-encoder embeds all columns in one padding-free pass (BiEncoder.forward of a list).
+        outputs = [_embed(model, c, autocast) for c in columns] if task.cross else _embed(model, columns, autocast)
+        loss = loss_fn(outputs, labels)
+        (loss * loss_scale).backward()
+    return loss.detach()
+
+
+@torch.no_grad()
+def dev_loss(model: torch.nn.Module, task: Task, batch_size: int, *, device, autocast=contextlib.nullcontext()) -> float:
+    """The task's loss on its whole dataset, in batches of `batch_size` in file order (eval_loss)."""
+    total = 0.0
+    for start in range(0, task.size, batch_size):
+        rows = list(range(start, min(start + batch_size, task.size)))
+        columns, labels, loss_fn = make_batch(task, rows, device=device, autocast=autocast)
+        total += float(loss_fn([_embed(model, c, autocast) for c in columns], labels)) * len(rows)
+    return total / task.size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,139 +394,6 @@ def set_rng_state(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# training state + checkpoints
-#
-# output_dir/checkpoint-<step>/ = the ST model folder + training_state.pt, written together into a
-# temporary sibling and renamed into place, so a crash (even SIGKILL) mid-save leaves the previous
-# checkpoints intact and never a folder without its state.
-
-STATE_FILE = "training_state.pt"
-# rng: one RNG state per process (a list of rng_state() dicts, by rank); world_size: the number of processes.
-STATE_KEYS = ("format", "step", "epoch", "epoch_step", "total_steps", "warmup_steps", "optimizer", "rng", "log",
-              "best", "window", "examples_seen", "config", "world_size")
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# What killed saves leave in output_dir: atomic_dir's temporary folders (".checkpoint-8.tmp-x", and
-# "..checkpoint-8.tmp-x.tmp-y" from the model's own atomic save inside it, ".final.tmp-x"), the previous
-# version it was replacing (".checkpoint-8.old-<pid>") and rotation's trash (".checkpoint-4.deleted-<pid>").
-_PARTIAL = re.compile(r"^\.+(checkpoint-\d+|final)\.(tmp|old|deleted)-")
-_REPLACED = re.compile(r"^\.(checkpoint-\d+|final)\.old-\d+$")
-# Test hook: the step whose checkpoint save kills its own process after writing the model but
-# before the training state, to prove that `--resume latest` then finds the previous checkpoint.
-KILL_DURING_SAVE = "MINISBERT_KILL_DURING_SAVE"
-
-
-def save_checkpoint(output_dir: Path, step: int, model, state: dict) -> Path:
-    """Write checkpoint-<step>/ (model folder + training_state.pt) atomically; returns its path."""
-    missing = set(STATE_KEYS) - set(state)
-    if missing:
-        raise ValueError(f"training state lacks {sorted(missing)}")
-    target = Path(output_dir) / f"checkpoint-{step}"
-    try:
-        with atomic_dir(target) as tmp:
-            model.save_pretrained(tmp)
-            if os.environ.get(KILL_DURING_SAVE) == str(step):
-                os.kill(os.getpid(), signal.SIGKILL)
-            save_state(state, tmp / STATE_FILE)
-    except WRITE_ERRORS as e:  # disk full, quota, permissions: atomic_dir has removed the partial folder
-        raise SaveError(save_failed(target, e, output_dir)) from e
-    return target
-
-
-def save_state(state: dict, path: Path) -> None:
-    """torch.save into `path`; a failed write (a full disk) raises its OSError, not the RuntimeError
-    ("unexpected pos ...") torch's zip writer makes of it."""
-    try:
-        with open(path, "wb") as f:
-            torch.save(state, f)
-    except RuntimeError as e:
-        if isinstance(e.__context__, OSError):
-            raise e.__context__ from None
-        raise
-
-
-def save_failed(target: Path, error: Exception, output_dir: Path) -> str:
-    """The message for a save that failed with `error`: what, why, and where the run can continue from."""
-    found = checkpoints(output_dir)
-    last = f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was saved before"
-    why = f"{error.strerror} (errno {error.errno})" if getattr(error, "strerror", None) else str(error)
-    then = "continue with --resume latest" if found else "run again"
-    return (f"could not write {target}: {why}. Nothing was half-written: {last}; free space (or fix the "
-            f"permissions) and {then}")
-
-
-def load_state(folder: Path) -> dict:
-    """The training state of a checkpoint, unpickled with weights_only=True (tensors + primitives only)."""
-    path = Path(folder) / STATE_FILE
-    if not path.is_file():
-        raise ConfigError(f"--resume {folder}: no {STATE_FILE} there; it is not a complete minisbert checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file
-        raise ConfigError(f"--resume {folder}: cannot read {path.name} ({type(e).__name__}: {e})") from None
-    missing = set(STATE_KEYS) - set(state)
-    if missing:
-        raise ConfigError(f"--resume {folder}: {path.name} lacks {sorted(missing)}")
-    return state
-
-
-def checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (with their state file) in output_dir, oldest first."""
-    found = []
-    if Path(output_dir).is_dir():
-        for p in Path(output_dir).iterdir():
-            m = _CHECKPOINT.match(p.name)
-            if m and p.is_dir() and (p / STATE_FILE).is_file():
-                found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def find_resume(resume: str, output_dir: Path) -> Path:
-    """`latest` -> the newest complete checkpoint in output_dir; otherwise the given folder."""
-    if resume == "latest":
-        found = checkpoints(output_dir)
-        if not found:
-            raise ConfigError(f"--resume latest: {output_dir} has no complete checkpoint-<step> folder")
-        return found[-1][1]
-    path = Path(resume)
-    if not path.is_dir():
-        raise ConfigError(f"--resume {resume}: no such checkpoint folder (pass a checkpoint-<step> folder or 'latest')")
-    return path
-
-
-def remove_partial_saves(output_dir: Path) -> None:
-    """Clean up after killed saves: delete their temporary folders, and put back a folder that atomic_dir
-    had moved aside to replace it (`.checkpoint-8.old-<pid>` without `checkpoint-8`: the kill fell between
-    its two renames, so that is the last complete version)."""
-    if Path(output_dir).is_dir():
-        for p in sorted(Path(output_dir).iterdir()):
-            if not (p.is_dir() and _PARTIAL.match(p.name)):
-                continue
-            replaced = _REPLACED.match(p.name)
-            if replaced and not p.with_name(replaced.group(1)).exists():
-                os.rename(p, p.with_name(replaced.group(1)))
-            else:
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def rotate_checkpoints(output_dir: Path, save_total_limit: int | None, keep_step: int | None = None) -> list[int]:
-    """Delete the oldest checkpoints beyond `save_total_limit`, never the one at `keep_step` (the best)."""
-    if not save_total_limit:
-        return []
-    found = checkpoints(output_dir)
-    newest = {step for step, _ in found[-save_total_limit:]}
-    deleted = []
-    for step, path in found:
-        if step not in newest and step != keep_step:
-            # Renamed first: a kill mid-delete leaves a hidden folder (removed at the next start), never
-            # a checkpoint-<step> that lost its weights but kept its state file and so looks complete.
-            trash = path.with_name(f".{path.name}.deleted-{os.getpid()}")
-            os.rename(path, trash)
-            shutil.rmtree(trash)
-            deleted.append(step)
-    return deleted
-
-
-# ----------------------------------------------------------------------------------------------
 # best model
 
 
@@ -457,114 +433,19 @@ class Best:
 
 
 class RunLog:
-    """Records of the run in memory (they travel in the training state) and in output_dir/log.jsonl."""
+    """Records of the run in memory (they travel in the training state) and in output_dir/log.jsonl.
+
+    `records` is appended to in place: pass LoopState.log, and the next checkpoint saves what was logged."""
 
     def __init__(self, path: Path, records: list[dict] | None = None):
         self.path = Path(path)
-        self.records = list(records or [])
+        self.records = records if records is not None else []
         write_run_file(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict) -> None:
         self.records.append(record)
         write_run_file(self.path, json.dumps(record) + "\n", append=True)
 
-
-def write_run_file(path: Path, text: str, append: bool = False) -> None:
-    """Write (or append to) train_config.json or log.jsonl; a failed write (a full disk) is a SaveError
-    naming the file and the last complete checkpoint. The records also travel in each checkpoint's state,
-    so a resumed run rewrites log.jsonl whole."""
-    try:
-        with open(path, "a" if append else "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        raise SaveError(save_failed(path, e, path.parent)) from e
-
-
-# ----------------------------------------------------------------------------------------------
-# output_dir lock: one run at a time
-#
-# output_dir/.lock holds {"pid", "host"} of the run writing there, under an advisory flock: the kernel
-# drops the flock when its process dies, so a lock file left by a killed run is stale and taken over.
-
-LOCK_FILE = ".lock"
-
-
-def output_dir_holder(output_dir: Path) -> str | None:
-    """Who holds output_dir's lock ("pid 123 on host"), or None when nobody (no file, or a stale one)."""
-    lock = OutputDirLock(output_dir)
-    if not lock.path.is_file():
-        return None
-    try:
-        if lock.acquire(create=False):
-            lock.release(remove=False)  # only looking: a stale file stays for the run that takes it
-            return None
-    except OSError:
-        return None
-    return lock.holder()
-
-
-class OutputDirLock:
-    """`with OutputDirLock(output_dir):` holds output_dir for this process, or raises ConfigError naming
-    the run (pid, host) that holds it. Systems without fcntl (Windows) run unlocked."""
-
-    def __init__(self, output_dir: Path):
-        self.output_dir = Path(output_dir)
-        self.path = self.output_dir / LOCK_FILE
-        self.fd = None
-
-    def holder(self) -> str:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-            return f"pid {info['pid']} on {info['host']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process"
-
-    def acquire(self, create: bool = True) -> bool:
-        """Take the flock; False when another process holds it."""
-        try:
-            import fcntl
-        except ImportError:
-            return True
-        while True:
-            fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return False
-            try:  # the holder may have removed the file between our open and our flock: lock the new one
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                return True
-            os.close(fd)
-            if not create:
-                return True
-
-    def release(self, remove: bool = True) -> None:
-        if self.fd is None:
-            return
-        if remove:
-            self.path.unlink(missing_ok=True)  # before the unlock: nobody can lock a file that is about to vanish
-        os.close(self.fd)  # closing drops the flock
-        self.fd = None
-
-    def __enter__(self):
-        if not self.acquire():
-            raise ConfigError(f"--output_dir {self.output_dir} is in use by another run ({self.holder()}); wait for it "
-                              "to finish, or pick another --output_dir")
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-                os.write(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-            except OSError:  # a full disk: the flock still holds, a second run just cannot name us
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
 
 
 def format_record(record: dict, total_steps: int) -> str:
@@ -575,3 +456,166 @@ def format_record(record: dict, total_steps: int) -> str:
             continue
         parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
     return " | ".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# LoopState: where the loop is, and the one resume contract
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs to continue exactly where it stopped; `state_dict()` is training_state.pt.
+
+    window: sums since the last logged step (loss_sum, steps, examples) and over the run (total_loss_sum).
+    """
+
+    total_steps: int
+    warmup_steps: int
+    config: str = "{}"  # the resolved TrainConfig as JSON: a resumed run checks that it continues this one
+    world_size: int = 1
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    epoch_step: int = 0  # optimizer steps taken in `epoch`: the samplers' position
+    examples_seen: int = 0
+    window: dict = field(default_factory=lambda: {"loss_sum": 0.0, "steps": 0, "examples": 0, "total_loss_sum": 0.0})
+    log: list[dict] = field(default_factory=list)  # log.jsonl's records
+    best: Best | None = None
+    epoch_float: float = 0.0  # epoch + its fraction done, as logged; not saved (a resumed run reads it from the log)
+
+    FORMAT: ClassVar[int] = 1
+    # The keys of training_state.pt. optimizer: its state_dict(); rng: one rng_state() per process, by rank.
+    KEYS: ClassVar[tuple[str, ...]] = ("format", "step", "epoch", "epoch_step", "total_steps", "warmup_steps", "optimizer",
+                                       "rng", "log", "best", "window", "examples_seen", "config", "world_size")
+
+    def state_dict(self, optimizer, rng: list[dict]) -> dict:
+        """The training state at this step: this loop's fields, the optimizer's state and every process's RNG."""
+        return {"format": self.FORMAT, "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step,
+                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "optimizer": optimizer.state_dict(),
+                "rng": rng, "log": self.log, "best": self.best.state() if self.best else None, "window": dict(self.window),
+                "examples_seen": self.examples_seen, "config": self.config, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict, optimizer, rank: int = 0) -> None:
+        """Continue from `state` (which check_resumable accepted): the loop's fields, the optimizer, and this
+        process's RNG state last: nothing before the loop may draw random numbers after this."""
+        optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.epoch_step = state["step"], state["epoch"], state["epoch_step"]
+        self.examples_seen, self.window, self.log = state["examples_seen"], dict(state["window"]), list(state["log"])
+        self.epoch_float = self.log[-1]["epoch"] if self.log else 0.0
+        if state["best"] is not None:
+            self.best = Best(**state["best"])
+        set_rng_state(state["rng"][rank])
+
+    def advance(self, loss: float, examples: int, steps_in_epoch: int) -> None:
+        """One optimizer step done: its mean micro-batch `loss`, the rows it trained on."""
+        self.step += 1
+        self.epoch_step += 1
+        self.examples_seen += examples
+        self.window["examples"] += examples
+        self.window["loss_sum"] += loss
+        self.window["total_loss_sum"] += loss
+        self.window["steps"] += 1
+        self.epoch_float = self.epoch + self.epoch_step / steps_in_epoch
+
+    def take_window(self, lr: float, grad_norm: float, elapsed: float) -> dict:
+        """The log record of the steps since the last one (mean loss, examples/s); starts a new window."""
+        record = {"step": self.step, "epoch": round(self.epoch_float, 4), "loss": self.window["loss_sum"] / self.window["steps"],
+                  "lr": lr, "grad_norm": grad_norm, "examples_per_second": round(self.window["examples"] / max(elapsed, 1e-9), 2)}
+        self.window.update(loss_sum=0.0, steps=0, examples=0)
+        return record
+
+
+def check_resumable(state: dict, resume_dir: Path, world_size: int, total_steps: int, warmup_steps: int,
+                    config: dict) -> list[str]:
+    """A ConfigError unless `state` can continue with this many processes and steps; returns the settings
+    that differ from the checkpoint's (a warning, not an error)."""
+    if state["world_size"] != world_size:
+        raise ConfigError(
+            f"--resume {resume_dir}: that run had {state['world_size']} process(es), this one has {world_size}; "
+            f"resume with the same number (torchrun --nproc_per_node ...), as each process's RNG state is restored"
+        )
+    if (state["total_steps"], state["warmup_steps"]) != (total_steps, warmup_steps):
+        raise ConfigError(
+            f"--resume {resume_dir}: that run scheduled {state['total_steps']} steps ({state['warmup_steps']} warmup), "
+            f"these settings give {total_steps} ({warmup_steps}); resume with the same data, batch size, epochs and max_steps"
+        )
+    saved = json.loads(state["config"])
+    return sorted(k for k, v in saved.items() if k not in ("resume", "disable_tqdm") and config.get(k) != v)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+def make_evaluator(entry: str, cross: bool, dims):
+    """`[name=]path` -> the evaluator that reads that layout (see train.py --eval_data)."""
+    name, path = (entry.split("=", 1) if "=" in entry and not Path(entry).exists() else (None, entry))
+    path = Path(path)
+    name = name or path.stem
+    if not path.exists():
+        raise ConfigError(f"--eval_data {entry}: {path} does not exist")
+    dims_kw = {} if cross else {"matryoshka_dims": dims}
+    if path.is_dir() and (path / "corpus.jsonl").exists():
+        if cross:
+            raise ConfigError(f"--eval_data {entry}: a BEIR retrieval folder evaluates bi-encoders; use reranking samples")
+        split = "dev" if (path / "qrels" / "dev.tsv").exists() else "test"
+        return evaluation.RetrievalEvaluator.from_beir(path, split, name=name, **dims_kw)
+    if path.is_dir():
+        path = evaluation.split_file(path, "dev" if any(path.glob("dev.*")) else "test")
+    rows = evaluation.read_rows(path)
+    if not rows:
+        raise ConfigError(f"--eval_data {entry}: {path} has no rows")
+    keys = set(rows[0])
+    if {"query", "positive"} <= keys and ("negative" in keys or "documents" in keys):
+        if cross:
+            return evaluation.CrossEncoderRerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
+        return evaluation.RerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
+    if cross:
+        raise ConfigError(f"--eval_data {entry}: a cross-encoder is evaluated on reranking samples "
+                          f"(query, positive, negative lists); {path} has columns {sorted(keys)}")
+    if {"anchor", "positive", "negative"} <= keys:
+        return evaluation.TripletEvaluator.from_file(path, name=name, **dims_kw)
+    if {"sentence1", "sentence2"} <= keys and ({"score"} & keys):
+        return evaluation.STSEvaluator.from_file(path, name=name, **dims_kw)
+    raise ConfigError(f"--eval_data {entry}: cannot tell the evaluator from the columns {sorted(keys)} of {path}; expected "
+                      "anchor/positive/negative (triplets), sentence1/sentence2/score (STS), query/positive/negative lists "
+                      "(reranking) or a BEIR folder")
+
+
+@torch.no_grad()
+def evaluate(model, evaluators: list, dev_task: Task | None, *, batch_size: int, device,
+             autocast=contextlib.nullcontext()) -> dict:
+    """Every evaluator's metrics and the dev task's loss, keyed eval_<metric>, in eval mode."""
+    was_training = model.training
+    model.eval()
+    metrics = {}
+    for ev in evaluators:
+        metrics.update({f"eval_{k}": float(v) for k, v in ev(model).items()})
+    if dev_task is not None:
+        metrics["eval_loss"] = dev_loss(model, dev_task, batch_size, device=device, autocast=autocast)
+    model.train(was_training)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# messages of a stopped run
+
+
+def interrupted_message(output_dir: Path | None) -> str:
+    """Ctrl-C: the last complete checkpoint and the command that resumes from it."""
+    if output_dir is None:
+        return "interrupted before training started; nothing was written"
+    found = run_checkpoints(output_dir)
+    if not found:
+        return (f"interrupted; no checkpoint was saved yet in {output_dir} (lower --save_steps to save sooner); "
+                "run the same command again to start over")
+    return (f"interrupted; the last complete checkpoint is {found[-1][1]}. Continue with: python train.py --config "
+            f"{Path(output_dir) / 'train_config.json'} --resume latest")
+
+
+def nonfinite_message(what: str, step: int, dataset: str | None, output_dir: Path) -> str:
+    """A NaN/inf loss or gradient norm: where, what to try, and the last good checkpoint."""
+    found = run_checkpoints(output_dir)
+    last = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was saved yet"
+    where = f" on dataset {dataset!r}" if dataset else ""
+    return (f"training stopped at step {step}{where}: {what}. Try a lower --learning_rate, --dtype fp32 or "
+            f"--max_grad_norm 1.0; {last}")

@@ -114,7 +114,7 @@ def test_best_model_with_several_evaluators_takes_any_of_their_keys(tiny_model_d
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import train
-    from minisbert import training
+    from minisbert import errors
 
     rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "stsb_test_500.jsonl").read_text().splitlines()]
     triplets = tmp_path / "triplets.jsonl"
@@ -132,7 +132,7 @@ def test_best_model_with_several_evaluators_takes_any_of_their_keys(tiny_model_d
             max_steps=6, eval_steps=2, save_steps=0, disable_tqdm=True, metric_for_best_model=metric,
             greater_is_better=False, eval_data=[f"nli-dev={triplets}", f"sts-dev={sts}"]))
 
-    with pytest.raises(training.ConfigError) as refused:
+    with pytest.raises(errors.ConfigError) as refused:
         run(tmp_path / "refused", "sts-dev_spearman")
     assert "eval_nli-dev_cosine_accuracy" in str(refused.value) and "eval_sts-dev_spearman_cosine" in str(refused.value)
     assert not (tmp_path / "refused").exists()

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from train import TrainConfig, main  # noqa: E402
 
-from minisbert import training  # noqa: E402
+from minisbert import checkpoint  # noqa: E402
 from minisbert.checkpoint import check_safetensors  # noqa: E402
 
 STEPS, SAVE_STEPS = 48, 4
@@ -108,10 +108,10 @@ def _assert_consistent(out: Path) -> int:
     """Every visible checkpoint folder is complete; returns the newest step (0: none)."""
     visible = [p for p in out.iterdir() if p.name.startswith("checkpoint-")] if out.is_dir() else []
     for folder in visible:
-        assert (folder / training.STATE_FILE).is_file(), f"{folder} is visible but has no training state"
+        assert (folder / checkpoint.RUN_STATE_FILE).is_file(), f"{folder} is visible but has no training state"
         check_safetensors(folder / "model.safetensors")
-        assert training.load_state(folder)["step"] == int(folder.name.split("-")[1])
-    found = training.checkpoints(out)
+        assert checkpoint.load_run_state(folder)["step"] == int(folder.name.split("-")[1])
+    found = checkpoint.run_checkpoints(out)
     assert len(found) == len(visible)
     return found[-1][0] if found else 0
 
@@ -131,7 +131,7 @@ def test_three_sigkills_and_resumes_equal_an_uninterrupted_run(setup, tmp_path):
             _kill_after_step(proc, out, step, jitter=rnd.uniform(0, 0.02))
         else:  # inside the save of a checkpoint that the resumed run has not written yet
             step = rnd.choice([s for s in range(latest + SAVE_STEPS, trigger[2] + 1, SAVE_STEPS)])
-            proc = _spawn(settings, out, console, resume, {training.KILL_DURING_SAVE: str(step)})
+            proc = _spawn(settings, out, console, resume, {checkpoint.KILL_DURING_SAVE: str(step)})
             proc.wait(timeout=400)
         kills.append((trigger[0], step, latest, proc.returncode))
         assert proc.returncode == -9, f"{kills}: the process was not killed; see {tmp_path / 'console.txt'}"
@@ -154,7 +154,7 @@ def test_three_sigkills_and_resumes_equal_an_uninterrupted_run(setup, tmp_path):
     assert resumed == straight, kills
     assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
     assert not any(p.name.startswith(".") for p in out.iterdir())  # the killed saves' leftovers are gone
-    assert [s for s, _ in training.checkpoints(out)] == [STEPS - SAVE_STEPS, STEPS]  # rotation kept the newest 2
+    assert [s for s, _ in checkpoint.run_checkpoints(out)] == [STEPS - SAVE_STEPS, STEPS]  # rotation kept the newest 2
     print(f"kills (trigger, step, resumed from, exit code): {kills}")
     shutil.rmtree(out)
 
@@ -168,18 +168,18 @@ def test_leftovers_of_killed_saves_are_removed_or_put_back(tmp_path):
         for f in files:
             (tmp_path / name / f).write_text(name)
 
-    folder("checkpoint-4", ("model.safetensors", training.STATE_FILE))
+    folder("checkpoint-4", ("model.safetensors", checkpoint.RUN_STATE_FILE))
     folder(".checkpoint-8.tmp-ab12cd")  # killed while writing checkpoint-8
     folder("..checkpoint-8.tmp-ab12cd.tmp-ef34gh")  # killed inside the model's save into it
     folder("..checkpoint-8.tmp-ab12cd.old-77")
-    folder(".checkpoint-12.old-77", ("model.safetensors", training.STATE_FILE))  # killed between the two renames
+    folder(".checkpoint-12.old-77", ("model.safetensors", checkpoint.RUN_STATE_FILE))  # killed between the two renames
     folder(".checkpoint-4.old-78")  # killed in the cleanup after checkpoint-4 was replaced
     folder(".final.tmp-xyz")  # killed while writing final/
     folder(".final.old-79")  # final/ was being replaced, the new one is not in place
-    folder(".checkpoint-0.deleted-80", (training.STATE_FILE,))  # killed while rotation deleted checkpoint-0
+    folder(".checkpoint-0.deleted-80", (checkpoint.RUN_STATE_FILE,))  # killed while rotation deleted checkpoint-0
     folder(".cache")  # not ours: left alone
-    training.remove_partial_saves(tmp_path)
+    checkpoint.remove_partial_saves(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cache", "checkpoint-12", "checkpoint-4", "final"]
     assert (tmp_path / "checkpoint-4" / "model.safetensors").read_text() == "checkpoint-4"
     assert (tmp_path / "final" / "model.safetensors").read_text() == ".final.old-79"
-    assert [s for s, _ in training.checkpoints(tmp_path)] == [4, 12]
+    assert [s for s, _ in checkpoint.run_checkpoints(tmp_path)] == [4, 12]

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import train  # noqa: E402
 
-from minisbert import distributed, losses, training  # noqa: E402
+from minisbert import checkpoint, distributed, errors, losses, training  # noqa: E402
 from minisbert.distributed import SyncLastForward, World  # noqa: E402
 from minisbert.gradcache import cached_step, plan  # noqa: E402
 from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
@@ -266,7 +266,7 @@ def test_a_broken_launch_environment_is_named(env, message, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(training.ConfigError, match=message):
+    with pytest.raises(errors.ConfigError, match=message):
         distributed.init("cpu")
     assert not dist.is_initialized()
 
@@ -429,11 +429,11 @@ def test_rank0_alone_writes_clean_st_folders_and_per_process_state(runs):
     one, two = root / "cached-1", root / "cached-2"
     assert {p.name for p in (two / "final").iterdir()} == {p.name for p in (one / "final").iterdir()}
     assert not any(k.startswith("module.") for k in _weights(two))  # the backbone, not the DDP wrapper
-    assert [s for s, _ in training.checkpoints(two)] == [1, 2, 3]
-    state = training.load_state(two / "checkpoint-2")
+    assert [s for s, _ in checkpoint.run_checkpoints(two)] == [1, 2, 3]
+    state = checkpoint.load_run_state(two / "checkpoint-2")
     assert state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each process its own dropout stream
-    assert training.load_state(one / "checkpoint-2")["world_size"] == 1
+    assert checkpoint.load_run_state(one / "checkpoint-2")["world_size"] == 1
     assert runs["output"].count("step 3/3 | epoch 1.00 | loss") == runs["launched"]  # once per run: only rank 0 prints
 
 
@@ -443,7 +443,7 @@ def test_rank0_evaluates_and_keeps_the_best_checkpoint_as_one_process_does(runs)
     records = [json.loads(line) for line in (two / "log.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval_dev_cosine_accuracy" in r]
     assert [r["step"] for r in evals][:3] == [0, 1, 2]  # before training, then every step; the end may add a best reload
-    assert [s for s, _ in training.checkpoints(two)] == [s for s, _ in training.checkpoints(one)]
+    assert [s for s, _ in checkpoint.run_checkpoints(two)] == [s for s, _ in checkpoint.run_checkpoints(one)]
     assert _logged(two, "eval_dev_cosine_accuracy") == pytest.approx(_logged(one, "eval_dev_cosine_accuracy"), abs=1e-6)
     assert (two / "final" / "model.safetensors").is_file()
 
@@ -458,7 +458,7 @@ def test_resume_with_two_processes_is_bitwise_exact(runs):
 def test_resume_with_another_number_of_processes_is_refused(runs, model_dir, tmp_path):
     flags = _flags(model_dir, runs["cached_data"], tmp_path / "out", "--loss", "cached_mnrl", "--mini_batch_size", "3",
                    "--gradient_accumulation_steps", "2", "--resume", str(runs["root"] / "cached-2" / "checkpoint-1"))
-    with pytest.raises(training.ConfigError, match=r"that run had 2 process\(es\), this one has 1"):
+    with pytest.raises(errors.ConfigError, match=r"that run had 2 process\(es\), this one has 1"):
         train.main(train.parse_args(flags))
     assert not (tmp_path / "out").exists()
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from safetensors.torch import load_file
 
-from minisbert import BiEncoder, CrossEncoder, ModelLoadError, training
+from minisbert import BiEncoder, CrossEncoder, ModelLoadError, checkpoint
 from minisbert import losses as L
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,8 +214,8 @@ def test_train_max_length_is_capped_and_one_is_refused(tiny_model_dirs, tmp_path
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from minisbert import training
-lock = training.OutputDirLock(Path(sys.argv[1])).__enter__()
+from minisbert import checkpoint
+lock = checkpoint.OutputDirLock(Path(sys.argv[1])).__enter__()
 print("locked", flush=True)
 sys.stdin.read()
 """
@@ -233,25 +233,25 @@ def test_a_second_run_into_a_locked_output_dir_is_refused(tiny_model_dirs, tmp_p
         assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
         assert f"error: --output_dir {out} is in use by another run (pid {holder.pid} on {socket.gethostname()}); " \
                "wait for it to finish, or pick another --output_dir" in proc.stderr
-        assert os.listdir(out) == [training.LOCK_FILE]  # nothing of the refused run
+        assert os.listdir(out) == [checkpoint.LOCK_FILE]  # nothing of the refused run
     finally:
         holder.kill()
         holder.wait()
-    assert os.listdir(out) == [training.LOCK_FILE]  # a killed holder leaves its file: stale, so the next run goes on
+    assert os.listdir(out) == [checkpoint.LOCK_FILE]  # a killed holder leaves its file: stale, so the next run goes on
     assert train.cli(_train_argv(tiny_model_dirs["bert"], data, out)) == 0
-    assert (out / "final").is_dir() and not (out / training.LOCK_FILE).exists()
+    assert (out / "final").is_dir() and not (out / checkpoint.LOCK_FILE).exists()
 
 
 def test_the_lock_of_a_run_killed_mid_save_is_taken_over_by_the_resume(tiny_model_dirs, tmp_path):
     data, out = _triplets(tmp_path / "triplets.jsonl"), tmp_path / "run"
     argv = _train_argv(tiny_model_dirs["bert"], data, out, "--save_steps", "1", "--max_steps", "3")
-    env = ENV | {training.KILL_DURING_SAVE: "2"}  # SIGKILL inside checkpoint-2's save
+    env = ENV | {checkpoint.KILL_DURING_SAVE: "2"}  # SIGKILL inside checkpoint-2's save
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL
-    lock = json.loads((out / training.LOCK_FILE).read_text())
-    assert lock["pid"] != os.getpid() and training.output_dir_holder(out) is None  # its file is there, its flock is gone
+    lock = json.loads((out / checkpoint.LOCK_FILE).read_text())
+    assert lock["pid"] != os.getpid() and checkpoint.output_dir_holder(out) is None  # its file is there, its flock is gone
     assert train.cli(argv + ["--resume", "latest"]) == 0
-    assert (out / "final").is_dir() and not (out / training.LOCK_FILE).exists()
+    assert (out / "final").is_dir() and not (out / checkpoint.LOCK_FILE).exists()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_last_one_and_resumes_exactly(
     assert f"could not write {out / 'checkpoint-2'}: " in err and "No space left on device" in err
     assert f"Nothing was half-written: the last complete checkpoint is {out / 'checkpoint-1'}" in err
     assert sorted(os.listdir(out)) == ["checkpoint-1", "log.jsonl", "train_config.json"]  # no partial folder, no lock
-    assert training.load_state(out / "checkpoint-1")["step"] == 1
+    assert checkpoint.load_run_state(out / "checkpoint-1")["step"] == 1
 
     _grow(disk, 64)  # space freed: the run continues where it stopped
     assert train.cli(argv(out) + ["--resume", "latest"]) == 0
@@ -345,18 +345,18 @@ def test_ctrl_c_says_where_the_last_checkpoint_is_and_that_command_resumes(tiny_
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600  # a bound on a hung run, not a timing assertion
-    while not training.checkpoints(out) and proc.poll() is None and time.monotonic() < deadline:
+    while not checkpoint.run_checkpoints(out) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     assert TRACEBACK not in err and "KeyboardInterrupt" not in err, err
-    step, last = training.checkpoints(out)[-1]
+    step, last = checkpoint.run_checkpoints(out)[-1]
     command = f"python train.py --config {out / 'train_config.json'} --resume latest"
     assert err.strip().splitlines()[-1] == f"interrupted; the last complete checkpoint is {last}. Continue with: {command}"
-    assert step < 80 and not (out / "final").exists() and not (out / training.LOCK_FILE).exists()
+    assert step < 80 and not (out / "final").exists() and not (out / checkpoint.LOCK_FILE).exists()
     assert train.cli(command.split()[2:] + ["--disable_tqdm"]) == 0  # the printed command finishes the run
-    assert training.load_state(training.checkpoints(out)[-1][1])["step"] == 80 and (out / "final").is_dir()
+    assert checkpoint.load_run_state(checkpoint.run_checkpoints(out)[-1][1])["step"] == 80 and (out / "final").is_dir()
 
 
 # ----------------------------------------------------------------------------------------------

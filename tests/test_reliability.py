@@ -47,10 +47,10 @@ import evaluate  # noqa: E402
 import train  # noqa: E402
 from train import TrainConfig  # noqa: E402
 
-from minisbert import BiEncoder, CrossEncoder, ModelLoadError, evaluation, training  # noqa: E402
+from minisbert import BiEncoder, CrossEncoder, ModelLoadError, checkpoint, evaluation  # noqa: E402
 from minisbert.data import DataError, load_dataset  # noqa: E402
 from minisbert.streaming import encode_file  # noqa: E402
-from minisbert.training import ConfigError, NonFiniteLoss, SaveError  # noqa: E402
+from minisbert.errors import ConfigError, NonFiniteLoss, SaveError  # noqa: E402
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -182,7 +182,7 @@ def world(tmp_path_factory):
                            max_steps=2, save_steps=2, logging_steps=1, disable_tqdm=True))
     broken_state = root / "broken-state"
     shutil.copytree(run, broken_state)
-    state = broken_state / "checkpoint-2" / training.STATE_FILE
+    state = broken_state / "checkpoint-2" / checkpoint.RUN_STATE_FILE
     state.write_bytes(state.read_bytes()[:100])
     return SimpleNamespace(root=root, m=m, d=d, run=run, broken_state=broken_state)
 
@@ -561,7 +561,7 @@ def test_full_disk_during_the_second_save_keeps_the_first_and_resumes_exactly(wo
     def save_until_the_disk_is_full(obj, f, *args, **kwargs):
         calls.append(f)
         if len(calls) == 2:  # the second checkpoint's state file: half of it lands, then ENOSPC
-            f.write(b"\0" * 4096)  # training.save_state passes an open file
+            f.write(b"\0" * 4096)  # checkpoint.save_run_state passes an open file
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
         return real_save(obj, f, *args, **kwargs)
 
@@ -577,7 +577,7 @@ def test_full_disk_during_the_second_save_keeps_the_first_and_resumes_exactly(wo
     monkeypatch.undo()
 
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-2", "log.jsonl", "train_config.json"]
-    assert training.load_state(out / "checkpoint-2")["step"] == 2
+    assert checkpoint.load_run_state(out / "checkpoint-2")["step"] == 2
     train.main(_config(world, out, max_steps=6, save_steps=2, resume="latest"))
     a, b = load_file(out / "final" / "model.safetensors"), load_file(tmp_path / "straight" / "final" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -598,7 +598,7 @@ def test_full_disk_while_writing_final_names_the_folder(world, tmp_path, monkeyp
     cfg = _config(world, tmp_path / "run", max_steps=2, save_steps=2)
     with pytest.raises(SaveError, match=r"could not write .*run/final: No space left on device .*checkpoint-2"):
         train.main(cfg)
-    assert [s for s, _ in training.checkpoints(cfg.output_dir)] == [2]
+    assert [s for s, _ in checkpoint.run_checkpoints(cfg.output_dir)] == [2]
 
 
 def test_nan_gradient_stops_naming_the_step(world, tmp_path, monkeypatch, capsys):
@@ -621,7 +621,7 @@ def test_nan_gradient_stops_naming_the_step(world, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: training stopped at step 3: the gradient norm is nan.") and TRACEBACK not in err
     assert f"the last good checkpoint is {tmp_path / 'run' / 'checkpoint-2'}" in err
-    assert [s for s, _ in training.checkpoints(tmp_path / "run")] == [2]
+    assert [s for s, _ in checkpoint.run_checkpoints(tmp_path / "run")] == [2]
     assert not (tmp_path / "run" / "final").exists() and issubclass(NonFiniteLoss, RuntimeError)
 
 

@@ -27,7 +27,7 @@ import train  # noqa: E402
 from train import TrainConfig, main  # noqa: E402
 
 from capabilities import needs_fast  # noqa: E402
-from minisbert import losses, training  # noqa: E402
+from minisbert import checkpoint, errors, losses, training  # noqa: E402
 from minisbert.data import NoDuplicatesBatchSampler, load_dataset  # noqa: E402
 
 
@@ -145,7 +145,7 @@ def straight_run(models, data, tmp_path_factory):
 
 def test_resume_after_stop_is_bitwise_identical(straight_run, tmp_path, monkeypatch):
     cfg = replace(straight_run, output_dir=str(tmp_path / "run"))
-    save = training.save_checkpoint
+    save = checkpoint.save_run_checkpoint
 
     def save_then_stop(output_dir, step, model, state):
         path = save(output_dir, step, model, state)
@@ -153,7 +153,7 @@ def test_resume_after_stop_is_bitwise_identical(straight_run, tmp_path, monkeypa
             raise KeyboardInterrupt  # the run stops right after checkpoint-10, as with Ctrl-C
         return path
 
-    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(checkpoint, "save_run_checkpoint", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         main(cfg)
     monkeypatch.undo()
@@ -172,10 +172,10 @@ def test_resume_after_sigkill_during_checkpoint_write(straight_run, tmp_path):
     flags = ["--model", straight_run.model, "--data", straight_run.data, "--output_dir", str(out), "--eval_data", "none",
              "--batch_size", "8", "--learning_rate", "1e-3", "--max_steps", "20", "--logging_steps", "1",
              "--save_steps", "5", "--warmup_ratio", "0.1", "--disable_tqdm"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", **{training.KILL_DURING_SAVE: "15"})
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", **{checkpoint.KILL_DURING_SAVE: "15"})
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr
-    assert [s for s, _ in training.checkpoints(out)] == [5, 10]
+    assert [s for s, _ in checkpoint.run_checkpoints(out)] == [5, 10]
     assert any(p.name.startswith(".checkpoint-15.tmp-") for p in out.iterdir())  # the half-written save
 
     main(replace(straight_run, output_dir=str(out), save_steps=5, resume="latest"))
@@ -189,8 +189,8 @@ def test_checkpoint_folder_is_an_st_model_plus_one_state_file(straight_run):
     folder = Path(straight_run.output_dir) / "checkpoint-10"
     assert (folder / "modules.json").is_file() and (folder / "model.safetensors").is_file()
     assert {p.name for p in folder.iterdir()} - {"training_state.pt"} == {p.name for p in (Path(straight_run.output_dir) / "final").iterdir()}
-    state = torch.load(folder / training.STATE_FILE, weights_only=True)
-    assert sorted(state) == sorted(training.STATE_KEYS)
+    state = torch.load(folder / checkpoint.RUN_STATE_FILE, weights_only=True)
+    assert sorted(state) == sorted(training.LoopState.KEYS)
     assert state["step"] == 10 and state["total_steps"] == 20 and state["warmup_steps"] == 2
     assert [r["step"] for r in state["log"]] == list(range(1, 11))
     saved = json.loads((Path(straight_run.output_dir) / "train_config.json").read_text())
@@ -262,12 +262,12 @@ def test_best_model_is_kept_and_loaded(models, data, tmp_path):
     assert best["step"] == 3 and evals[-1]["best_step"] == 3
     assert final["eval_loss"] == pytest.approx(best["eval_loss"], abs=1e-6)
     assert final["eval_dev_cosine_accuracy"] == best["eval_dev_cosine_accuracy"]
-    assert [s for s, _ in training.checkpoints(cfg.output_dir)] == [3, 12]  # rotation (limit 1) never deletes the best
+    assert [s for s, _ in checkpoint.run_checkpoints(cfg.output_dir)] == [3, 12]  # rotation (limit 1) never deletes the best
 
 
 def test_unknown_best_metric_lists_the_available_keys(models, data, tmp_path):
     cfg = config(models, data, tmp_path, eval_data=[f"dev={data['triplets']}"], metric_for_best_model="accuracy")
-    with pytest.raises(training.ConfigError, match="available: eval_dev_cosine_accuracy"):
+    with pytest.raises(errors.ConfigError, match="available: eval_dev_cosine_accuracy"):
         main(cfg)
     assert not Path(cfg.output_dir).exists()  # checked before the run writes anything
 
@@ -381,10 +381,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(models, data
 
     monkeypatch.setattr(losses, "triplet", nan_after_seven)
     cfg = config(models, data, tmp_path, loss="triplet", save_steps=5)
-    with pytest.raises(training.NonFiniteLoss, match="step 8.*the loss is nan.*checkpoint-5"):
+    with pytest.raises(errors.NonFiniteLoss, match="step 8.*the loss is nan.*checkpoint-5"):
         main(cfg)
-    assert [s for s, _ in training.checkpoints(cfg.output_dir)] == [5]
-    assert training.load_state(Path(cfg.output_dir) / "checkpoint-5")["step"] == 5
+    assert [s for s, _ in checkpoint.run_checkpoints(cfg.output_dir)] == [5]
+    assert checkpoint.load_run_state(Path(cfg.output_dir) / "checkpoint-5")["step"] == 5
     assert not (Path(cfg.output_dir) / "final").exists()
 
 
@@ -447,13 +447,13 @@ def test_unknown_flags_and_bad_config_files(tmp_path, capsys):
     assert e.value.code == 2 and "unrecognized arguments: --lerning_rate" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"loss": "mnrl", "epochs": 3}))
-    with pytest.raises(training.ConfigError, match=r"bad\.json: unknown field\(s\) \['epochs'\]"):
+    with pytest.raises(errors.ConfigError, match=r"bad\.json: unknown field\(s\) \['epochs'\]"):
         train.parse_args(["--config", str(bad)])
     assert train.cli(["--config", str(bad)]) == 2
     assert "error: --config" in capsys.readouterr().err
     wrong_type = tmp_path / "wrong.json"
     wrong_type.write_text(json.dumps({"batch_size": "32"}))
-    with pytest.raises(training.ConfigError, match="--batch_size must be int, got '32'"):
+    with pytest.raises(errors.ConfigError, match="--batch_size must be int, got '32'"):
         main(train.parse_args(["--config", str(wrong_type)]))
 
 
@@ -473,12 +473,12 @@ def test_eval_data_layouts_pick_their_evaluator(models, data, tmp_path):
                 "beir": (beir, evaluation.RetrievalEvaluator, "trip_cosine_ndcg@10"),
                 "rerank": (rerank, evaluation.RerankingEvaluator, "trip_ndcg@10")}
     for path, cls, key in expected.values():
-        evaluator = train._make_evaluator(f"trip={path}", False, None)
+        evaluator = training.make_evaluator(f"trip={path}", False, None)
         assert type(evaluator) is cls and key in evaluator(model)
-    dims = train._make_evaluator(str(data["triplets"]), False, [32, 16])(model)
+    dims = training.make_evaluator(str(data["triplets"]), False, [32, 16])(model)
     assert set(dims) == {"triplets_dim_32_cosine_accuracy", "triplets_dim_16_cosine_accuracy"}
-    with pytest.raises(training.ConfigError, match="cannot tell the evaluator from the columns"):
-        train._make_evaluator(str(data["pairs"]), False, None)
+    with pytest.raises(errors.ConfigError, match="cannot tell the evaluator from the columns"):
+        training.make_evaluator(str(data["pairs"]), False, None)
 
     cfg = config(models, data, tmp_path / "ce", loss="listwise", max_steps=3, eval_data=[f"rr={rerank}"],
                  metric_for_best_model="rr_ndcg@10")
@@ -518,7 +518,7 @@ def test_mask_duplicates_removes_repeated_positives_from_the_negatives(models, d
 
 def test_mask_duplicates_needs_an_in_batch_loss(models, data, tmp_path):
     cfg = config(models, data, tmp_path, loss="triplet", mask_duplicates=True)
-    with pytest.raises(training.ConfigError, match="--mask_duplicates masks in-batch negatives"):
+    with pytest.raises(errors.ConfigError, match="--mask_duplicates masks in-batch negatives"):
         main(cfg)
     assert not Path(cfg.output_dir).exists()
 
@@ -552,7 +552,7 @@ def test_pooling_and_normalize_flags_shape_the_trained_model(models, data, tmp_p
 ])
 def test_pooling_flag_errors(models, data, tmp_path, overrides, message):
     cfg = config(models, data, tmp_path, **({"data": str(data["labelled"])} if overrides.get("loss") == "bce" else {}), **overrides)
-    with pytest.raises(training.ConfigError, match=message):
+    with pytest.raises(errors.ConfigError, match=message):
         main(cfg)
     assert not Path(cfg.output_dir).exists()
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from minisbert import losses, training
+from minisbert import checkpoint, errors, losses, training
 from minisbert.collate import collate, tokenize_column, tokenize_pairs, trim_padding
 
 
@@ -228,7 +228,7 @@ def test_check_loss_data(loss, columns, labels, ok):
     if ok:
         training.check_loss_data(loss, columns, labels, "data.jsonl")
     else:
-        with pytest.raises(training.ConfigError, match=f"data.jsonl: --loss {loss} needs"):
+        with pytest.raises(errors.ConfigError, match=f"data.jsonl: --loss {loss} needs"):
             training.check_loss_data(loss, columns, labels, "data.jsonl")
 
 
@@ -263,38 +263,38 @@ class _Saver:
 
 
 def _state(step):
-    return {k: None for k in training.STATE_KEYS} | {"step": step, "log": [{"step": step, "loss": 1.5}], "format": 1}
+    return {k: None for k in training.LoopState.KEYS} | {"step": step, "log": [{"step": step, "loss": 1.5}], "format": 1}
 
 
 def test_checkpoints_latest_and_rotation_that_keeps_the_best(tmp_path):
     for step in (5, 10, 15, 20):
-        training.save_checkpoint(tmp_path, step, _Saver(), _state(step))
+        checkpoint.save_run_checkpoint(tmp_path, step, _Saver(), _state(step))
     (tmp_path / "checkpoint-25").mkdir()  # no state file: incomplete, never resumed from
     (tmp_path / ".checkpoint-30.tmp-abc").mkdir()  # a killed save
-    assert [s for s, _ in training.checkpoints(tmp_path)] == [5, 10, 15, 20]
-    assert training.find_resume("latest", tmp_path) == tmp_path / "checkpoint-20"
-    assert training.load_state(tmp_path / "checkpoint-20")["log"] == [{"step": 20, "loss": 1.5}]
-    assert training.rotate_checkpoints(tmp_path, 2, keep_step=5) == [10]
-    assert [s for s, _ in training.checkpoints(tmp_path)] == [5, 15, 20]
-    assert training.rotate_checkpoints(tmp_path, None, keep_step=None) == []
-    training.remove_partial_saves(tmp_path)
+    assert [s for s, _ in checkpoint.run_checkpoints(tmp_path)] == [5, 10, 15, 20]
+    assert checkpoint.find_resume("latest", tmp_path) == tmp_path / "checkpoint-20"
+    assert checkpoint.load_run_state(tmp_path / "checkpoint-20")["log"] == [{"step": 20, "loss": 1.5}]
+    assert checkpoint.rotate_run_checkpoints(tmp_path, 2, keep_step=5) == [10]
+    assert [s for s, _ in checkpoint.run_checkpoints(tmp_path)] == [5, 15, 20]
+    assert checkpoint.rotate_run_checkpoints(tmp_path, None, keep_step=None) == []
+    checkpoint.remove_partial_saves(tmp_path)
     assert not (tmp_path / ".checkpoint-30.tmp-abc").exists() and (tmp_path / "checkpoint-25").exists()
-    with pytest.raises(training.ConfigError, match="no complete checkpoint"):
-        training.find_resume("latest", tmp_path / "nowhere")
-    with pytest.raises(training.ConfigError, match="checkpoint-25: no training_state.pt"):
-        training.load_state(tmp_path / "checkpoint-25")
+    with pytest.raises(errors.ConfigError, match="no complete checkpoint"):
+        checkpoint.find_resume("latest", tmp_path / "nowhere")
+    with pytest.raises(errors.ConfigError, match="checkpoint-25: no training_state.pt"):
+        checkpoint.load_run_state(tmp_path / "checkpoint-25")
 
 
 def test_state_file_refuses_arbitrary_objects(tmp_path):
     folder = tmp_path / "checkpoint-1"
     folder.mkdir()
-    torch.save(_state(1) | {"config": Path("x")}, folder / training.STATE_FILE)  # a pickled object, not a primitive
-    with pytest.raises(training.ConfigError, match="cannot read training_state.pt"):
-        training.load_state(folder)
+    torch.save(_state(1) | {"config": Path("x")}, folder / checkpoint.RUN_STATE_FILE)  # a pickled object, not a primitive
+    with pytest.raises(errors.ConfigError, match="cannot read training_state.pt"):
+        checkpoint.load_run_state(folder)
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):
-    training.save_checkpoint(tmp_path, 1, _Saver(), _state(1))
+    checkpoint.save_run_checkpoint(tmp_path, 1, _Saver(), _state(1))
 
     class Broken(_Saver):
         def save_pretrained(self, path):
@@ -302,7 +302,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):
             raise OSError("disk full")
 
     with pytest.raises(OSError):
-        training.save_checkpoint(tmp_path, 2, Broken(), _state(2))
+        checkpoint.save_run_checkpoint(tmp_path, 2, Broken(), _state(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
 
 
@@ -317,7 +317,7 @@ def test_best_tracking_and_metric_names():
     assert not best.update({"eval_loss": float("nan")}, 4) and best.step == 3
     assert training.resolve_metric("dev_cosine_accuracy", ["eval_dev_cosine_accuracy"]) == "eval_dev_cosine_accuracy"
     assert training.resolve_metric("eval_loss", ["eval_loss"]) == "eval_loss"
-    with pytest.raises(training.ConfigError, match="available: eval_a, eval_b"):
+    with pytest.raises(errors.ConfigError, match="available: eval_a, eval_b"):
         training.resolve_metric("c", ["eval_a", "eval_b"])
 
 
