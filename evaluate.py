@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from minisbert import evaluation as E
+from minisbert.checkpoint import atomic_write
 
 TASKS = ("retrieval", "sts", "triplet", "rerank", "classification", "clustering", "plot_log")
 DEFAULT_FNS = {"retrieval": "cosine,dot", "sts": "cosine,dot,euclidean,manhattan", "triplet": "cosine,dot,euclidean,manhattan"}
@@ -135,14 +136,8 @@ def print_table(metrics: dict[str, float], primary: str | None = None) -> None:
 
 
 def write_json(metrics: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, path)  # never leave a half-written file behind
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "w") as f:  # never leave a half-written file behind
+        f.write(json.dumps(metrics, indent=2) + "\n")
 
 
 def check_outputs(args) -> None:
