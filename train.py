@@ -57,13 +57,11 @@ from minisbert.backbone import Truncation
 from minisbert.bi_encoder import BiEncoder
 from minisbert.collate import collate, tokenize_column, tokenize_pairs
 from minisbert.cross_encoder import CrossEncoder
-from minisbert.data import (
-    DataError, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt,
-)
+from minisbert.data import DataError, load_dataset, resolve_prompt
 from minisbert.gradcache import cached_step
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES
-from minisbert.sampler import BatchFill
+from minisbert.sampler import BatchFill, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler
 from minisbert.training import (
     CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, SCHEDULES, SIMCSE_LOSSES, ConfigError,
     NonFiniteLoss, SaveError,

@@ -1,7 +1,7 @@
 """Training data: files -> named text columns (+ labels), prompts per column, hard-negative mining.
 
 Owns `load_dataset` (jsonl/csv/tsv/parquet), `from_columns` (in-memory lists), the `TextDataset`
-they return, `resolve_prompt` and `mine_hard_negatives`; sampler.py's samplers are re-exported.
+they return, `resolve_prompt` and `mine_hard_negatives`; the samplers are in sampler.py, which imports this module.
 
 Column roles follow sentence-transformers: text columns in order are (anchor, positive,
 negative_1, ...), and a column named `label`, `labels`, `score` or `scores` (the first present,
@@ -42,22 +42,13 @@ LABEL_COLUMNS = ("label", "labels", "score", "scores")  # ST's DEFAULT_LABEL_COL
 # An inferred string column with at most this many distinct values, and at most this share of the
 # rows, is a source/language/category field rather than text (real text columns repeat far less).
 FEW_VALUES_MAX, FEW_VALUES_SHARE = 100, 0.01
-_SAMPLER_NAMES = ("NoDuplicatesBatchSampler", "ShuffledBatchSampler", "MultiDatasetSchedule", "SCHEDULES")
 
 __all__ = ["DataError", "TextDataset", "load_dataset", "from_columns", "resolve_prompt", "mine_hard_negatives",
-           "LABEL_COLUMNS", *_SAMPLER_NAMES]
+           "LABEL_COLUMNS"]
 
 
 class DataError(ValueError):
     """Bad training data or data settings; the message names the file, line and column."""
-
-
-def __getattr__(name):  # re-export the samplers lazily: sampler.py imports this module
-    if name in _SAMPLER_NAMES:
-        from . import sampler
-
-        return getattr(sampler, name)
-    raise AttributeError(f"module 'minisbert.data' has no attribute {name!r}")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -254,22 +255,25 @@ def gist(
     candidates: Tensor,
     guide_anchors: Tensor,
     guide_candidates: Tensor,
-    temperature: float = 0.01,
+    scale: float = 100.0,
     margin_strategy: str = "absolute",
     margin: float = 0.0,
     contrast_anchors: bool = True,
     contrast_positives: bool = True,
     candidate_ids: Tensor | None = None,
+    *,
+    temperature: float | None = None,
 ) -> Tensor:
     """Guided in-batch negatives, ST's GISTEmbedLoss / CachedGISTEmbedLoss.
 
-        loss = CE( [cos(A,P) | cos(A,A) | cos(P,P) | cos(A,N)] / temperature, arange(B) ),
+        loss = CE( scale * [cos(A,P) | cos(A,A) | cos(P,P) | cos(A,N)], arange(B) ),
         where every entry whose guide similarity exceeds the guide's g_i = gcos(a_i, p_i) - margin is -inf
 
     anchors (B, D); candidates (C, D) = positives then n >= 0 hard-negative columns (column-blocked);
     guide_anchors (B, D_g), guide_candidates (C, D_g): the frozen guide model's embeddings of the same
     texts (computed without grad by the caller; any width D_g; `matryoshka` keeps their width).
-    temperature: softmax temperature (= 1 / scale; 0.01 = scale 100).
+    scale: 1 / temperature of the softmax, as every other loss here (100 = ST's temperature 0.01).
+        `temperature=` is still accepted (deprecated: pass scale = 1 / temperature).
     margin_strategy: "absolute" masks gsim > g_i - margin; "relative" masks gsim > g_i - |g_i| * margin.
     contrast_anchors / contrast_positives: include the anchor-anchor / positive-positive blocks
         (self-pairs there are masked by the guide, whose self-similarity is ~1 >= g_i).
@@ -287,8 +291,15 @@ def gist(
         )
     if margin_strategy not in MARGIN_STRATEGIES:
         raise ValueError(f"unknown margin_strategy {margin_strategy!r}; expected one of {MARGIN_STRATEGIES}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    if temperature is not None:
+        warnings.warn("gist(temperature=t) is deprecated; pass scale=1/t, as every other loss takes",
+                      DeprecationWarning, stacklevel=3)  # 3: past the _float32 wrapper, at the caller
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+    elif not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    else:
+        temperature = 1 / scale  # divided by below, as ST divides: the same floats as its GISTEmbedLoss
 
     B, C = anchors.shape[0], candidates.shape[0]
     ids = _check_ids("candidate_ids", candidate_ids, C, anchors.device)

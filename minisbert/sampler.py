@@ -21,12 +21,20 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from .data import DataError, TextDataset
 
-SCHEDULES = ("round_robin", "proportional", "weighted")
+DATASET_SCHEDULES = ("round_robin", "proportional", "weighted")  # how MultiDatasetSchedule picks a dataset per batch
+
+
+def __getattr__(name):
+    if name == "SCHEDULES":  # the old name, which training.py's learning-rate schedules also had
+        warnings.warn("minisbert.sampler.SCHEDULES is deprecated; use DATASET_SCHEDULES", DeprecationWarning, stacklevel=2)
+        return DATASET_SCHEDULES
+    raise AttributeError(f"module 'minisbert.sampler' has no attribute {name!r}")
 
 
 def _epoch_seed(seed: int, epoch: int, repeat: int) -> int:
@@ -241,8 +249,8 @@ class MultiDatasetSchedule:
         self.samplers = list(samplers)
         if not self.samplers:
             raise DataError("MultiDatasetSchedule needs at least one sampler")
-        if mode not in SCHEDULES:
-            raise DataError(f"unknown schedule {mode!r}; expected one of {', '.join(SCHEDULES)}")
+        if mode not in DATASET_SCHEDULES:
+            raise DataError(f"unknown schedule {mode!r}; expected one of {', '.join(DATASET_SCHEDULES)}")
         self.mode = mode
         self.seed = _check_int(seed, "seed")
         if mode != "weighted":

@@ -134,7 +134,7 @@ def column_loss(loss: str, *, scale: float | None = None, margin: float | None =
     elif loss == "gist":
         def fn(outputs, labels, guide_embeddings=None, candidate_ids=None):
             return losses.gist(outputs[0], torch.cat(outputs[1:]), guide_embeddings[0], torch.cat(guide_embeddings[1:]),
-                               temperature=1.0 / scale, margin=margin, candidate_ids=candidate_ids)
+                               scale=scale, margin=margin, candidate_ids=candidate_ids)
     elif loss == "triplet":
         def fn(outputs, labels, guide_embeddings=None):
             return losses.triplet(outputs[0], outputs[1], outputs[2], distance=distance, margin=margin)

@@ -27,7 +27,8 @@ import train  # noqa: E402
 from train import TrainConfig, main  # noqa: E402
 
 from minisbert import losses, training  # noqa: E402
-from minisbert.data import NoDuplicatesBatchSampler, load_dataset  # noqa: E402
+from minisbert.data import load_dataset  # noqa: E402
+from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, as the subprocesses run

@@ -206,7 +206,7 @@ def test_column_losses_call_the_loss_functions():
     assert torch.equal(fn("cosent")([a, p], y), losses.cosent(a, p, y))
     assert torch.equal(fn("angle")([a, p], y), losses.angle(a, p, y))
     assert torch.equal(fn("gist")([a, p, n], None, guide_embeddings=[p, a, n]),
-                       losses.gist(a, torch.cat([p, n]), p, torch.cat([a, n]), temperature=0.01, margin=0.0))
+                       losses.gist(a, torch.cat([p, n]), p, torch.cat([a, n]), scale=100.0, margin=0.0))
     logits = torch.randn(6, 1, generator=g)
     assert torch.equal(fn("bce", pos_weight=2.0)([logits], (y > 0.5).float()), losses.bce(logits, (y > 0.5).float(), 2.0))
     assert torch.equal(fn("listwise")([logits, -logits, logits * 2], None), losses.listwise(torch.cat([logits, -logits, logits * 2], 1)))
