@@ -104,8 +104,8 @@ class NoDuplicatesBatchSampler:
     we do not: `num_batches(epoch)` is the exact length of this single pass.
 
     Speed: texts are mapped once, at construction, to integer ids (exact, no hash collisions) and
-    the pass compares ints via a per-id "last batch" stamp: about 0.1 s per epoch for 100k rows
-    with two hard negatives at batch 1024 (benchmarks/sampler.py). Deferred rows are rescanned by
+    the pass compares ints via a per-id "last batch" stamp, so an epoch is planned in a fraction of
+    a second (benchmarks/README.md, decision table: no-duplicates sampler). Deferred rows are rescanned by
     each later batch, so data where one text appears in a large share of rows costs
     O(rows x batches), as in ST. The last two epochs' batches are cached.
     """

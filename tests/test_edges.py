@@ -463,7 +463,7 @@ def test_evaluate_takes_train_py_spellings_and_the_old_ones_with_a_warning(tiny_
 
 EVALUATE_CASES = {
     "classification text a number": (["--task", "classification", "--data", "{number}"],
-                                     r"number/test\.jsonl: row 2, column 'text': expected text \(a string\), got int 5"),
+                                     r"number/test\.jsonl, line 2, column 'text': expected text \(a string\), got the number 5"),
     "classification label types": (["--task", "classification", "--data", "{types}"],
                                    r"test labels \['0', '1'\] never occur in the train labels \[0, 1\] "
                                    r"\(labels are compared with their type: 1 and '1' differ\)"),
