@@ -1,7 +1,8 @@
 """Training data: files -> named text columns (+ labels), prompts per column, hard-negative mining.
 
 Owns `load_dataset` (jsonl/csv/tsv/parquet), `from_columns` (in-memory lists), the `TextDataset`
-they return, `resolve_prompt` and `mine_hard_negatives`; the samplers are in sampler.py, which imports this module.
+they return, `resolve_prompt` and `mine_hard_negatives`; the samplers are in sampler.py (minisbert.data's old
+names for them still work, with a DeprecationWarning).
 
 Column roles follow sentence-transformers: text columns in order are (anchor, positive,
 negative_1, ...), and a column named `label`, `labels`, `score` or `scores` (the first present,
@@ -36,9 +37,12 @@ import json
 import math
 import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
+
+from .errors import DataError  # noqa: F401  (re-exported: minisbert.data.DataError)
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")  # ST's DEFAULT_LABEL_COLUMNS, same order
 # An inferred string column with at most this many distinct values, and at most this share of the
@@ -49,8 +53,18 @@ __all__ = ["DataError", "TextDataset", "load_dataset", "from_columns", "resolve_
            "LABEL_COLUMNS", "Records", "read_records", "read_text", "location", "describe_value"]
 
 
-class DataError(ValueError):
-    """Bad training data or data settings; the message names the file, line and column."""
+# The samplers' old home, documented in the README until issue 21: kept one release, with a warning.
+_MOVED_TO_SAMPLER = ("NoDuplicatesBatchSampler", "ShuffledBatchSampler", "MultiDatasetSchedule")
+
+
+def __getattr__(name):
+    if name in _MOVED_TO_SAMPLER:  # sampler.py imports errors.py, not this module: no circle
+        from . import sampler
+
+        warnings.warn(f"minisbert.data.{name} is deprecated; import it from minisbert.sampler",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(sampler, name)
+    raise AttributeError(f"module 'minisbert.data' has no attribute {name!r}")
 
 
 @dataclass

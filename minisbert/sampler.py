@@ -9,7 +9,9 @@ row indices), and `num_batches(e)`, its EXACT length. sentence-transformers anno
 `ceil(N / batch_size)` for its no-duplicates sampler and then yields a different number (fewer
 with drop_last, more small ones without; ST #3611, #3946), so the LR schedule ends early or late.
 Here the epoch is computed up front, deterministically from `seed + epoch`, so the count is the
-real one. A list of batches works directly as a DataLoader's `batch_sampler`.
+real one. A list of batches works directly as a DataLoader's `batch_sampler`. A sampler's `dataset` is
+a data.TextDataset (its `columns`, `source` and length; this module does not import data.py, which
+re-exports the samplers under their old names).
 
 Orders are `torch.randperm` draws from a CPU generator seeded `seed + epoch`, exactly as ST's
 samplers seed theirs, so for the same seed and epoch the batches equal ST's (tests pin this).
@@ -25,7 +27,7 @@ import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from .data import DataError, TextDataset
+from .errors import DataError
 
 DATASET_SCHEDULES = ("round_robin", "proportional", "weighted")  # how MultiDatasetSchedule picks a dataset per batch
 
@@ -68,7 +70,7 @@ class ShuffledBatchSampler:
     kept. num_batches = floor(N / B) with drop_last, else ceil(N / B).
     """
 
-    def __init__(self, dataset: TextDataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
+    def __init__(self, dataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
         self.dataset = dataset
         self.batch_size = _check_batch_size(dataset, batch_size)
         self.seed = _check_int(seed, "seed")
@@ -110,7 +112,7 @@ class NoDuplicatesBatchSampler:
     O(rows x batches), as in ST. The last two epochs' batches are cached.
     """
 
-    def __init__(self, dataset: TextDataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
+    def __init__(self, dataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
         self.dataset = dataset
         self.batch_size = _check_batch_size(dataset, batch_size)
         self.seed = _check_int(seed, "seed")
