@@ -1,7 +1,7 @@
 """Evaluate a model on one task; print a table and write the metrics as JSON, keyed as sentence-transformers keys them.
 
     python evaluate.py --model PATH --task retrieval --data ../shared/data/scifact [--split test] \
-        [--matryoshka_dims 384,256,128,64] [--output metrics.json] [--plot ndcg_vs_dim.png]
+        [--matryoshka_dims 384 256 128 64] [--output_dir results] [--plot ndcg_vs_dim.png]
     python evaluate.py --model PATH --task sts --data ../shared/data/stsb
     python evaluate.py --model PATH --task triplet --data ../shared/data/nli-triplets --split dev
     python evaluate.py --model PATH --task rerank --data ../shared/data/trecqa-rerank
@@ -15,6 +15,9 @@ sts: sentence1, sentence2, score; triplet: anchor, positive, negative; rerank: q
 negative (or documents); classification / clustering: text + label, or the nli-triplets anchor +
 source (SNLI vs MultiNLI premises), or --text_column/--label_column. `--task rerank` scores with a
 CrossEncoder when the model folder is a sequence classifier, else ranks by bi-encoder similarity.
+
+--matryoshka_dims and --output_dir are spelled as in train.py (--output_dir gets metrics.json); the
+old spellings `--matryoshka_dims 384,256` and `--output FILE` still work, with a deprecation message.
 
 Defaults follow the issue: retrieval reports cosine and dot; sts and triplet all four similarity
 functions (ST 6.2's evaluators default to the model's own; pass --similarity_fn_names to choose).
@@ -30,6 +33,7 @@ import sys
 from pathlib import Path
 
 from minisbert import evaluation as E
+from minisbert.checkpoint import atomic_write
 
 TASKS = ("retrieval", "sts", "triplet", "rerank", "classification", "clustering", "plot_log")
 DEFAULT_FNS = {"retrieval": "cosine,dot", "sts": "cosine,dot,euclidean,manhattan", "triplet": "cosine,dot,euclidean,manhattan"}
@@ -52,16 +56,36 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="BEIR folder, data folder with <split> files, a data file, or a log.jsonl")
     p.add_argument("--split", default="test")
     p.add_argument("--name", default="", help="evaluator name: keys become <name>_<metric>")
-    p.add_argument("--matryoshka_dims", default=None, help="comma-separated, e.g. 384,256,128,64 (retrieval, sts, triplet)")
+    p.add_argument("--matryoshka_dims", nargs="+", default=None, help="widths, e.g. 384 256 128 64 (retrieval, sts, triplet)")
     p.add_argument("--similarity_fn_names", default=None, help="comma-separated subset of cosine,dot,euclidean,manhattan")
     p.add_argument("--batch_size", type=_positive, default=None,
                    help="default: ST's evaluator default (retrieval 32, sts/triplet 16, rerank 64); batches change the last bits")
     p.add_argument("--corpus_chunk_size", type=_positive, default=50000, help="retrieval: documents encoded and scored at a time")
     p.add_argument("--text_column", default=None)
     p.add_argument("--label_column", default=None)
-    p.add_argument("--output", default=None, help="write the metrics here as JSON")
+    p.add_argument("--output_dir", default=None, help="write the metrics to <output_dir>/metrics.json")
+    p.add_argument("--output", default=None, help="deprecated: the JSON file to write; use --output_dir")
     p.add_argument("--plot", default=None, help="PNG: metric vs Matryoshka dimension, or the curves of --task plot_log")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.output is not None:
+        _deprecated("--output FILE", "--output_dir FOLDER, which gets FOLDER/metrics.json (train.py's spelling)")
+        if args.output_dir is not None:
+            p.error("give --output_dir or the deprecated --output, not both")
+    if any("," in value for value in args.matryoshka_dims or ()):
+        _deprecated(f"--matryoshka_dims {' '.join(args.matryoshka_dims)}",
+                    "widths separated by spaces, --matryoshka_dims 384 256 (train.py's spelling)")
+    return args
+
+
+def _deprecated(old: str, new: str) -> None:
+    print(f"warning: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+
+
+def metrics_path(args) -> Path | None:
+    """Where the metrics JSON goes: <--output_dir>/metrics.json, or the deprecated --output file."""
+    if args.output_dir is not None:
+        return Path(args.output_dir) / "metrics.json"
+    return Path(args.output) if args.output is not None else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,13 +116,18 @@ def load_model(path: str, cross_encoder: bool):
 # Evaluators
 
 
-def _int_list(text: str | None) -> list[int] | None:
-    if not text:
+def _int_list(values: list[str] | None) -> list[int] | None:
+    """--matryoshka_dims as integers: `384 256`, or the deprecated `384,256` (one value, commas)."""
+    if not values:
         return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--matryoshka_dims {text!r}: expected comma-separated integers such as 384,256,128") from None
+    dims = []
+    for text in values:
+        try:
+            dims += [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            expected = "comma-separated integers such as 384,256,128" if "," in text else "integers such as 384 256 128"
+            raise ValueError(f"--matryoshka_dims {text!r}: expected {expected}") from None
+    return dims or None
 
 
 def build_evaluator(args, cross_encoder: bool) -> E.Evaluator:
@@ -135,19 +164,17 @@ def print_table(metrics: dict[str, float], primary: str | None = None) -> None:
 
 
 def write_json(metrics: dict, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, path)  # never leave a half-written file behind
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "w") as f:  # never leave a half-written file behind
+        f.write(json.dumps(metrics, indent=2) + "\n")
 
 
 def check_outputs(args) -> None:
-    """--output and --plot are checked before the evaluation: a run that cannot write its result fails at once."""
-    for flag, value in (("--output", args.output), ("--plot", args.plot)):
+    """--output_dir, --output and --plot are checked before the evaluation: a run that cannot write its result
+    fails at once."""
+    if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise ValueError(f"--output_dir {args.output_dir} is a file; name the folder to write metrics.json into")
+    output_flag = "--output_dir" if args.output_dir else "--output"
+    for flag, value in ((output_flag, metrics_path(args)), ("--plot", args.plot)):
         if value and Path(value).is_dir():
             raise ValueError(f"{flag} {value} is a folder; name the file to write")
         if value:
@@ -254,8 +281,8 @@ def main(argv=None) -> dict:
 
     print(f"{type(evaluator).__name__} on {args.data} ({args.split}), model {args.model}")
     print_table(metrics, evaluator.primary_metric)
-    if args.output:
-        write_json(metrics, args.output)
+    if metrics_path(args):
+        write_json(metrics, metrics_path(args))
     if args.plot:
         plot_matryoshka(metrics, _int_list(args.matryoshka_dims), evaluator.primary_metric, args.plot)
     return metrics

@@ -54,12 +54,12 @@ from minisbert import checkpoint, distributed, flags, losses, training
 from minisbert.fast import kernels
 from minisbert.bi_encoder import BiEncoder
 from minisbert.cross_encoder import CrossEncoder
-from minisbert.data import MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler, load_dataset, resolve_prompt
+from minisbert.data import load_dataset, resolve_prompt
 from minisbert.errors import ConfigError, DataError, Interrupted, NonFiniteLoss, SaveError
 from minisbert.flags import arg
 from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES
-from minisbert.sampler import BatchFill
+from minisbert.sampler import BatchFill, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler
 from minisbert.tokenizer import Truncation
 from minisbert.training import CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, LR_SCHEDULES
 

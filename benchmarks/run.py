@@ -27,7 +27,7 @@ minisbert / ST. Workloads (names for --workload):
                 default set: ~25 min on 2 cores, run it alone with --workload backbones)
 
 ST's trainer (cold start, quality) needs sentence-transformers[train] (datasets, accelerate); without
-them those rows say so. The "kernels" column names what minisbert ran each row with (minisbert/kernels.py:
+them those rows say so. The "kernels" column names what minisbert ran each row with (minisbert/fast/kernels.py:
 oneDNN or portable, and the AdamW update for training rows); MINISBERT_KERNELS=portable runs every
 workload on the portable path.
 """

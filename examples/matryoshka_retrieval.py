@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     for name, model in (("before", base_dir), ("after", run["final"])):
         results[name] = common.evaluate(
             "--model", model, "--task", "retrieval", "--data", test, "--split", "test", "--name", "scifact-test",
-            "--matryoshka_dims", ",".join(map(str, dims)), "--similarity_fn_names", FN, "--output", out / f"test-{name}.json")
+            "--matryoshka_dims", *dims, "--similarity_fn_names", FN, "--output_dir", out / f"test-{name}")
     n_docs = len(common.read_jsonl(test / "corpus.jsonl"))
     plot({f"before ({args.pooling} pooling, untrained)": results["before"], "after (Matryoshka MNRL, best dev checkpoint)": results["after"]},
          dims, out / "ndcg_vs_dim.png", f"SciFact test, {n_docs:,}-document corpus")

@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -344,6 +345,28 @@ def atomic_dir(target: str | os.PathLike):
             os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb"):
+    """Yield a file opened for writing beside `path`; on success it is fsynced and renamed over `path`.
+
+    The one-file counterpart of `atomic_dir`: a reader (or a crash at any moment) sees the old file or
+    the whole new one, never part of it. On any exception the temporary file is removed. The file gets
+    the umask's permissions, as open() gives them (mkstemp would make it 0600). Text modes write UTF-8.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -1,7 +1,8 @@
 """Training data: files -> named text columns (+ labels), prompts per column, hard-negative mining.
 
 Owns `load_dataset` (jsonl/csv/tsv/parquet), `from_columns` (in-memory lists), the `TextDataset`
-they return, `resolve_prompt` and `mine_hard_negatives`; sampler.py's samplers are re-exported.
+they return, `resolve_prompt` and `mine_hard_negatives`; the samplers are in sampler.py (minisbert.data's old
+names for them still work, with a DeprecationWarning).
 
 Column roles follow sentence-transformers: text columns in order are (anchor, positive,
 negative_1, ...), and a column named `label`, `labels`, `score` or `scores` (the first present,
@@ -22,9 +23,10 @@ Texts are strings (None, numbers, lists are errors); an empty string is allowed 
 Cranfield's blank documents) but a column empty in EVERY row is an error (a wrong column, most
 likely). Labels are finite numbers, stored as float; class names like "entailment" need
 `label_map={"entailment": 0, ...}`, and then every label must be one of its keys.
-Readers: jsonl (one object per line, blank lines skipped), csv (python csv module, header row,
-standard quoting), tsv (header row, split on tabs only: quotes are literal text, as in MS MARCO
-files), parquet (needs pyarrow). UTF-8; a leading BOM is ignored.
+Readers (`read_records`, the one reader of the package: eval_files.py reads the evaluators' files
+with it too, and `location` spells every error's place): jsonl (one object per line, blank lines
+skipped), csv (python csv module, header row, standard quoting), tsv (header row, split on tabs only:
+quotes are literal text, as in MS MARCO files), parquet (needs pyarrow). UTF-8; a leading BOM is ignored.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ import json
 import math
 import numbers
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import DataError  # noqa: F401  (re-exported: minisbert.data.DataError)
 
@@ -44,16 +48,21 @@ LABEL_COLUMNS = ("label", "labels", "score", "scores")  # ST's DEFAULT_LABEL_COL
 # An inferred string column with at most this many distinct values, and at most this share of the
 # rows, is a source/language/category field rather than text (real text columns repeat far less).
 FEW_VALUES_MAX, FEW_VALUES_SHARE = 100, 0.01
-_SAMPLER_NAMES = ("NoDuplicatesBatchSampler", "ShuffledBatchSampler", "MultiDatasetSchedule", "SCHEDULES")
 
 __all__ = ["DataError", "TextDataset", "load_dataset", "from_columns", "resolve_prompt", "mine_hard_negatives",
-           "LABEL_COLUMNS", *_SAMPLER_NAMES]
+           "LABEL_COLUMNS", "Records", "read_records", "read_text", "location", "describe_value"]
 
 
-def __getattr__(name):  # re-export the samplers lazily: sampler.py imports this module
-    if name in _SAMPLER_NAMES:
+# The samplers' old home, documented in the README until issue 21: kept one release, with a warning.
+_MOVED_TO_SAMPLER = ("NoDuplicatesBatchSampler", "ShuffledBatchSampler", "MultiDatasetSchedule")
+
+
+def __getattr__(name):
+    if name in _MOVED_TO_SAMPLER:  # sampler.py imports errors.py, not this module: no circle
         from . import sampler
 
+        warnings.warn(f"minisbert.data.{name} is deprecated; import it from minisbert.sampler",
+                      DeprecationWarning, stacklevel=2)
         return getattr(sampler, name)
     raise AttributeError(f"module 'minisbert.data' has no attribute {name!r}")
 
@@ -92,7 +101,42 @@ class TextDataset:
 
 
 # ---------------------------------------------------------------------------------------------
-# readers: each returns (header or None, [(line or row number, {column: value}), ...])
+# readers: the one reader of jsonl / csv / tsv / parquet files, for training data and evaluators alike
+
+
+def location(source, unit: str, number: int, column: str | None = None) -> str:
+    """The one way an error names a place: "data/train.jsonl, line 7, column 'positive'" (unit "line" for
+    text files, "row" for parquet and in-memory data)."""
+    return f"{source}, {unit} {number}" + (f", column {column!r}" if column is not None else "")
+
+
+class Records(NamedTuple):
+    """A file's rows as read: `header` (csv / tsv / parquet column names; None for jsonl), `rows`
+    [(line or row number, {column: value}), ...] and the `unit` those numbers count ("line" or "row")."""
+
+    header: list[str] | None
+    rows: list[tuple[int, dict]]
+    unit: str
+
+
+def read_records(path, *, limit=None, format: str | None = None) -> Records:
+    """The rows of a .csv, .tsv or .parquet file, or of JSON lines (any other suffix); `format`
+    ("jsonl", "csv", "tsv", "parquet") overrides the suffix. Stops after `limit` rows. Errors are
+    DataErrors naming the file and the line (see the module docstring for each format's rules)."""
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise DataError(f"{source}: file not found")
+    if not path.is_file():
+        raise DataError(f"{source}: not a file")
+    format = format or {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}.get(path.suffix.lower(), "jsonl")
+    if format == "jsonl":
+        return Records(None, _read_jsonl(path, source, limit), "line")
+    if format in ("csv", "tsv"):
+        return Records(*_read_delimited(path, source, limit, "\t" if format == "tsv" else ","), "line")
+    if format == "parquet":
+        return Records(*_read_parquet(path, source, limit), "row")
+    raise ValueError(f"unknown format {format!r}; expected jsonl, csv, tsv or parquet")
 
 
 def load_dataset(path, *, columns=None, label_column=None, name=None, limit=None, label_map=None) -> TextDataset:
@@ -107,26 +151,21 @@ def load_dataset(path, *, columns=None, label_column=None, name=None, limit=None
     source = str(path)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"{source}: limit must be a positive integer, got {limit!r}")
-    if not path.exists():
-        raise DataError(f"{source}: file not found")
-    if not path.is_file():
-        raise DataError(f"{source}: not a file")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        header, records = None, _read_jsonl(path, source, limit)
-    elif suffix in (".csv", ".tsv"):
-        header, records = _read_delimited(path, source, limit, "\t" if suffix == ".tsv" else ",")
-    elif suffix == ".parquet":
-        header, records = _read_parquet(path, source, limit)
-    else:
+    if path.is_file() and suffix not in (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet"):
         raise DataError(f"{source}: unknown file type {suffix!r}; expected .jsonl, .csv, .tsv or .parquet")
+    header, records, unit = read_records(path, limit=limit)
     if not records:
         raise DataError(f"{source}: the file has no rows" + (" (only a header)" if header else ""))
-    unit, typed = ("row", True) if suffix == ".parquet" else ("line", suffix not in (".csv", ".tsv"))
+    typed = suffix not in (".csv", ".tsv")  # csv / tsv cells are all strings
     return _build(records, header, unit, source, name or path.stem, columns, label_column, label_map, typed)
 
 
-def _read_text(path: Path, source: str) -> str:
+def read_text(path) -> str:
+    """The file as text: UTF-8, a leading BOM dropped; a DataError names the line and byte of bad UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -134,7 +173,7 @@ def _read_text(path: Path, source: str) -> str:
         line = data.count(b"\n", 0, e.start) + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise DataError(
-            f"{source}, line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {column} of the line); "
+            f"{path}, line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at byte {column} of the line); "
             "save the file as UTF-8"
         ) from None
     return text[1:] if text.startswith("\ufeff") else text
@@ -143,7 +182,7 @@ def _read_text(path: Path, source: str) -> str:
 def _read_jsonl(path: Path, source: str, limit) -> list:
     records = []
     # Split on "\n" only: str.splitlines would also split on U+2028 etc., legal inside JSON strings.
-    for number, line in enumerate(_read_text(path, source).split("\n"), 1):
+    for number, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -153,7 +192,7 @@ def _read_jsonl(path: Path, source: str, limit) -> list:
                    else "nested too deeply" if isinstance(e, RecursionError) else "a number too long to read")
             raise DataError(f"{source}, line {number}: not valid JSON ({why})") from None
         if not isinstance(record, dict):
-            raise DataError(f"{source}, line {number}: expected a JSON object {{...}}, got {_describe(record)}")
+            raise DataError(f"{source}, line {number}: expected a JSON object {{...}}, got {describe_value(record)}")
         records.append((number, record))
         if limit is not None and len(records) >= limit:
             break
@@ -161,7 +200,7 @@ def _read_jsonl(path: Path, source: str, limit) -> list:
 
 
 def _read_delimited(path: Path, source: str, limit, delimiter: str):
-    text = _read_text(path, source)
+    text = read_text(path)
     if delimiter == "\t":
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
@@ -240,22 +279,23 @@ def _build(records, header, unit, source, name, columns, label_column, label_map
     texts = {c: [] for c in text_columns}
     labels = [] if label else None
     for number, record in records:
-        where = f"{source}, {unit} {number}"
         for c in text_columns:
+            at = location(source, unit, number, c)
             if c not in record:
-                raise DataError(f"{where}, column {c!r}: missing (this row has {list(record)})")
+                raise DataError(f"{at}: missing (this row has {list(record)})")
             value = record[c]
             if not isinstance(value, str):
-                raise DataError(f"{where}, column {c!r}: expected text (a string), got {_describe(value)}")
+                raise DataError(f"{at}: expected text (a string), got {describe_value(value)}")
             bad = _SURROGATE.search(value)
             if bad:  # JSON can escape half of a UTF-16 pair ("\ud800"); the tokenizer cannot take it
-                raise DataError(f"{where}, column {c!r}: character {bad.start() + 1} is a lone surrogate "
+                raise DataError(f"{at}: character {bad.start() + 1} is a lone surrogate "
                                 f"({bad.group()!r}), which is not Unicode text; fix the escape or drop the row")
             texts[c].append(value)
         if label:
+            at = location(source, unit, number, label)
             if label not in record:
-                raise DataError(f"{where}, column {label!r}: missing (this row has {list(record)})")
-            labels.append(_parse_label(record[label], f"{where}, column {label!r}", label_map))
+                raise DataError(f"{at}: missing (this row has {list(record)})")
+            labels.append(_parse_label(record[label], at, label_map))
     _check_not_all_empty(texts, source)
     return TextDataset(name=name, columns=texts, labels=labels, source=source, label_column=label, left_out=left_out)
 
@@ -352,14 +392,14 @@ def _parse_label(value, where, label_map) -> float:
     if label_map is not None:
         if isinstance(value, (str, int, float)) and value in label_map:
             return label_map[value]
-        raise DataError(f"{where}: label {_describe(value)} is not in label_map (keys {list(label_map)})")
+        raise DataError(f"{where}: label {describe_value(value)} is not in label_map (keys {list(label_map)})")
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and _is_number(value):
         number = float(value)
     else:
         hint = "; pass label_map={name: number} for class labels" if isinstance(value, str) else ""
-        raise DataError(f"{where}: expected a number as label, got {_describe(value)}{hint}")
+        raise DataError(f"{where}: expected a number as label, got {describe_value(value)}{hint}")
     try:
         number = float(number)
     except OverflowError:
@@ -383,7 +423,8 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _describe(value) -> str:
+def describe_value(value) -> str:
+    """A value as an error message shows it: null, the number 7, 'text...', a list."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)  # null, true, false: as the file spells them
     if isinstance(value, numbers.Number):
@@ -463,7 +504,7 @@ def mine_hard_negatives(model, queries, positives, corpus=None, *, num_negatives
     for what, texts in (("queries", queries), ("positives", positives), ("corpus", corpus)):
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise DataError(f"{what}, row {i + 1}: expected text (a string), got {_describe(text)}")
+                raise DataError(f"{what}, row {i + 1}: expected text (a string), got {describe_value(text)}")
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
         raise DataError(f"num_negatives must be an integer >= 1, got {num_negatives!r}")
     if range_min < 0:

@@ -51,7 +51,7 @@ from . import metrics as M
 from .eval_files import (  # noqa: F401
     check_rerank_sample, read_beir, read_jsonl, read_labelled, read_rerank_samples, read_rows, split_file,
 )
-from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
+from .similarity import SIMILARITY_FUNCTIONS, normalize, pairwise_similarity, similarity
 
 # ----------------------------------------------------------------------------------------------
 # Base class and encoding
@@ -233,9 +233,9 @@ class RetrievalEvaluator(Evaluator):
             for d, _ in self.dims:
                 c = truncate(c_emb.to(q_emb.device), d, self.normalize_embeddings)  # (C, d)
                 for fn in fn_names:
-                    # cosine = normalize(q) @ normalize(c).T: normalise the chunk once, not once per slice
-                    # (the same operations as similarity("cosine"), so the same floats).
-                    q_fn, c_fn, fn_score = (F.normalize(q_by_dim[d], p=2, dim=-1), F.normalize(c, p=2, dim=-1), "dot") if fn == "cosine" else (q_by_dim[d], c, fn)
+                    # cosine(q, c) is dot(normalize(q), normalize(c)) (similarity.py): normalise the chunk once,
+                    # not once per slice of queries, for the same floats.
+                    q_fn, c_fn, fn_score = (normalize(q_by_dim[d]), normalize(c), "dot") if fn == "cosine" else (q_by_dim[d], c, fn)
                     values, indices = [], []
                     for r in range(0, len(q_emb), rows):
                         scores = similarity(fn_score)(q_fn[r:r + rows], c_fn)  # (rows, C)

@@ -20,18 +20,22 @@ not anchor i's own positive but carries the same id as anchor i's positive is th
 false negative: its logit is set to -inf (ST #3189, #2827; the maintainer's suggestion in PR #3946).
 
 Left to others: embedding the columns (the trainer), pairing texts for cross-encoders (the trainer
-scores the pairs and passes logits), distributed gathering (not implemented).
+scores the pairs and passes logits), similarities (similarity.py), and distributed gathering
+(distributed.py gathers the embeddings of every process first, so these losses see the global batch).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .similarity import cosine, normalize, pairwise_cosine
 
 # ----------------------------------------------------------------------------- float32 + checks
 
@@ -131,15 +135,6 @@ def _duplicates(row_ids: Tensor, col_ids: Tensor) -> Tensor:
     return same
 
 
-def _cos(a: Tensor, b: Tensor) -> Tensor:
-    """Cosine similarity matrix, ST's util.cos_sim: (N, D), (M, D) -> (N, M)."""
-    return F.normalize(a, p=2, dim=-1) @ F.normalize(b, p=2, dim=-1).T  # (N, M)
-
-
-def _pairwise_cos(a: Tensor, b: Tensor) -> Tensor:
-    return (F.normalize(a, p=2, dim=-1) * F.normalize(b, p=2, dim=-1)).sum(-1)  # (N,)
-
-
 # ----------------------------------------------------------------------------- in-batch contrastive
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
@@ -196,8 +191,8 @@ def mnrl(
 
     B, C = anchors.shape[0], candidates.shape[0]
     ids = _check_ids("candidate_ids", candidate_ids, C, anchors.device)
-    q = F.normalize(anchors, p=2, dim=-1)  # (B, D)
-    d = F.normalize(candidates, p=2, dim=-1)  # (C, D)
+    q = normalize(anchors)  # (B, D): q @ d.T below is cosine(anchors, candidates), each block sharing the norms
+    d = normalize(candidates)  # (C, D)
     p = d[:B]  # (B, D)
     rows = torch.arange(B, device=anchors.device)
 
@@ -260,22 +255,25 @@ def gist(
     candidates: Tensor,
     guide_anchors: Tensor,
     guide_candidates: Tensor,
-    temperature: float = 0.01,
+    scale: float = 100.0,
     margin_strategy: str = "absolute",
     margin: float = 0.0,
     contrast_anchors: bool = True,
     contrast_positives: bool = True,
     candidate_ids: Tensor | None = None,
+    *,
+    temperature: float | None = None,
 ) -> Tensor:
     """Guided in-batch negatives, ST's GISTEmbedLoss / CachedGISTEmbedLoss.
 
-        loss = CE( [cos(A,P) | cos(A,A) | cos(P,P) | cos(A,N)] / temperature, arange(B) ),
+        loss = CE( scale * [cos(A,P) | cos(A,A) | cos(P,P) | cos(A,N)], arange(B) ),
         where every entry whose guide similarity exceeds the guide's g_i = gcos(a_i, p_i) - margin is -inf
 
     anchors (B, D); candidates (C, D) = positives then n >= 0 hard-negative columns (column-blocked);
     guide_anchors (B, D_g), guide_candidates (C, D_g): the frozen guide model's embeddings of the same
     texts (computed without grad by the caller; any width D_g; `matryoshka` keeps their width).
-    temperature: softmax temperature (= 1 / scale; 0.01 = scale 100).
+    scale: 1 / temperature of the softmax, as every other loss here (100 = ST's temperature 0.01).
+        `temperature=` is still accepted (deprecated: pass scale = 1 / temperature).
     margin_strategy: "absolute" masks gsim > g_i - margin; "relative" masks gsim > g_i - |g_i| * margin.
     contrast_anchors / contrast_positives: include the anchor-anchor / positive-positive blocks
         (self-pairs there are masked by the guide, whose self-similarity is ~1 >= g_i).
@@ -293,13 +291,20 @@ def gist(
         )
     if margin_strategy not in MARGIN_STRATEGIES:
         raise ValueError(f"unknown margin_strategy {margin_strategy!r}; expected one of {MARGIN_STRATEGIES}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    if temperature is not None:
+        warnings.warn("gist(temperature=t) is deprecated; pass scale=1/t, as every other loss takes",
+                      DeprecationWarning, stacklevel=3)  # 3: past the _float32 wrapper, at the caller
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+    elif not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    else:
+        temperature = 1 / scale  # divided by below, as ST divides: the same floats as its GISTEmbedLoss
 
     B, C = anchors.shape[0], candidates.shape[0]
     ids = _check_ids("candidate_ids", candidate_ids, C, anchors.device)
     rows = torch.arange(B, device=anchors.device)
-    guide_ac = _cos(guide_anchors, guide_candidates)  # (B, C)
+    guide_ac = cosine(guide_anchors, guide_candidates)  # (B, C)
     g = guide_ac[rows, rows][:, None]  # (B, 1) the guide's anchor-positive similarity
     threshold = g - margin if margin_strategy == "absolute" else g - g.abs() * margin  # (B, 1)
 
@@ -313,14 +318,14 @@ def gist(
     own_positive = torch.zeros(B, C, dtype=torch.bool, device=anchors.device)
     own_positive[rows, rows] = True
     ac_guide = guide_ac.masked_fill(own_positive, -torch.inf)  # the positive itself is never suppressed
-    ac = suppress(_cos(anchors, candidates), ac_guide, dup)  # (B, C)
+    ac = suppress(cosine(anchors, candidates), ac_guide, dup)  # (B, C)
     scores = [ac[:, :B]]  # (B, B) anchor-positive
     if contrast_anchors:
-        scores.append(suppress(_cos(anchors, anchors), _cos(guide_anchors, guide_anchors)))  # (B, B)
+        scores.append(suppress(cosine(anchors, anchors), cosine(guide_anchors, guide_anchors)))  # (B, B)
     if contrast_positives:
         p, gp = candidates[:B], guide_candidates[:B]
         same_positive = ids[:B, None] == ids[None, :B] if ids is not None else None  # (B, B)
-        scores.append(suppress(_cos(p, p), _cos(gp, gp), same_positive))  # (B, B)
+        scores.append(suppress(cosine(p, p), cosine(gp, gp), same_positive))  # (B, B)
     scores.append(ac[:, B:])  # (B, nB) anchor-negative
     logits = torch.cat(scores, dim=1) / temperature  # (B, B * (1 + contrast_anchors + contrast_positives + n))
     return F.cross_entropy(logits, rows)
@@ -336,7 +341,7 @@ def _distance(name: str, a: Tensor, b: Tensor) -> Tensor:
     if name == "euclidean":
         return torch.linalg.vector_norm(a - b, ord=2, dim=-1)  # (N,)
     if name == "cosine":
-        return 1 - _pairwise_cos(a, b)
+        return 1 - pairwise_cosine(a, b)
     if name == "manhattan":
         return (a - b).abs().sum(-1)
     # ST 6.2's TripletDistanceMetric has no dot metric; this follows its convention distance = -similarity
@@ -395,12 +400,12 @@ def cosent(a: Tensor, b: Tensor, scores: Tensor, scale: float = 20.0) -> Tensor:
     """
     _check_same_shape(("a", "b"), (a, b))
     scores = _check_labels("scores", scores, a.shape[0])
-    return _rank_by_score(_pairwise_cos(a, b), scores, scale)
+    return _rank_by_score(pairwise_cosine(a, b), scores, scale)
 
 
 def _angle_similarity(x: Tensor, y: Tensor) -> Tensor:
     """ST's pairwise_angle_sim: |cos + sin| of the normalized pair viewed as complex vectors (x1 + i x2)."""
-    x, y = F.normalize(x, p=2, dim=-1), F.normalize(y, p=2, dim=-1)  # (B, D)
+    x, y = normalize(x), normalize(y)  # (B, D)
     if x.shape[-1] % 2:  # pair dimension k with k + D/2: pad an odd width by one zero
         x, y = F.pad(x, (0, 1)), F.pad(y, (0, 1))
     cos = (x * y).sum(-1)  # (B,)

@@ -9,7 +9,9 @@ row indices), and `num_batches(e)`, its EXACT length. sentence-transformers anno
 `ceil(N / batch_size)` for its no-duplicates sampler and then yields a different number (fewer
 with drop_last, more small ones without; ST #3611, #3946), so the LR schedule ends early or late.
 Here the epoch is computed up front, deterministically from `seed + epoch`, so the count is the
-real one. A list of batches works directly as a DataLoader's `batch_sampler`.
+real one. A list of batches works directly as a DataLoader's `batch_sampler`. A sampler's `dataset` is
+a data.TextDataset (its `columns`, `source` and length; this module does not import data.py, which
+re-exports the samplers under their old names).
 
 Orders are `torch.randperm` draws from a CPU generator seeded `seed + epoch`, exactly as ST's
 samplers seed theirs, so for the same seed and epoch the batches equal ST's (tests pin this).
@@ -21,12 +23,20 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from .data import DataError, TextDataset
+from .errors import DataError
 
-SCHEDULES = ("round_robin", "proportional", "weighted")
+DATASET_SCHEDULES = ("round_robin", "proportional", "weighted")  # how MultiDatasetSchedule picks a dataset per batch
+
+
+def __getattr__(name):
+    if name == "SCHEDULES":  # the old name, which training.py's learning-rate schedules also had
+        warnings.warn("minisbert.sampler.SCHEDULES is deprecated; use DATASET_SCHEDULES", DeprecationWarning, stacklevel=2)
+        return DATASET_SCHEDULES
+    raise AttributeError(f"module 'minisbert.sampler' has no attribute {name!r}")
 
 
 def _epoch_seed(seed: int, epoch: int, repeat: int) -> int:
@@ -60,7 +70,7 @@ class ShuffledBatchSampler:
     kept. num_batches = floor(N / B) with drop_last, else ceil(N / B).
     """
 
-    def __init__(self, dataset: TextDataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
+    def __init__(self, dataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
         self.dataset = dataset
         self.batch_size = _check_batch_size(dataset, batch_size)
         self.seed = _check_int(seed, "seed")
@@ -96,13 +106,13 @@ class NoDuplicatesBatchSampler:
     we do not: `num_batches(epoch)` is the exact length of this single pass.
 
     Speed: texts are mapped once, at construction, to integer ids (exact, no hash collisions) and
-    the pass compares ints via a per-id "last batch" stamp: about 0.1 s per epoch for 100k rows
-    with two hard negatives at batch 1024 (benchmarks/sampler.py). Deferred rows are rescanned by
+    the pass compares ints via a per-id "last batch" stamp, so an epoch is planned in a fraction of
+    a second (benchmarks/README.md, decision table: no-duplicates sampler). Deferred rows are rescanned by
     each later batch, so data where one text appears in a large share of rows costs
     O(rows x batches), as in ST. The last two epochs' batches are cached.
     """
 
-    def __init__(self, dataset: TextDataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
+    def __init__(self, dataset, batch_size: int, *, seed: int = 42, drop_last: bool = False):
         self.dataset = dataset
         self.batch_size = _check_batch_size(dataset, batch_size)
         self.seed = _check_int(seed, "seed")
@@ -241,8 +251,8 @@ class MultiDatasetSchedule:
         self.samplers = list(samplers)
         if not self.samplers:
             raise DataError("MultiDatasetSchedule needs at least one sampler")
-        if mode not in SCHEDULES:
-            raise DataError(f"unknown schedule {mode!r}; expected one of {', '.join(SCHEDULES)}")
+        if mode not in DATASET_SCHEDULES:
+            raise DataError(f"unknown schedule {mode!r}; expected one of {', '.join(DATASET_SCHEDULES)}")
         self.mode = mode
         self.seed = _check_int(seed, "seed")
         if mode != "weighted":

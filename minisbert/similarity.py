@@ -7,6 +7,8 @@
 
 `similarity(name)(a, b)` takes a (N, D) and b (M, D) and returns (N, M);
 `pairwise_similarity(name)(a, b)` takes two (N, D) and returns the (N,) diagonal.
+Cosine is defined here only: `cosine(a, b) = dot(normalize(a), normalize(b))`; the losses and the
+evaluators call these functions (or `normalize` once, then `dot`, which gives the same floats).
 """
 
 from __future__ import annotations
@@ -22,14 +24,19 @@ def _as_tensor(x) -> torch.Tensor:
     return t[None, :] if t.ndim == 1 else t
 
 
-def cosine(a, b):
-    a, b = _as_tensor(a), _as_tensor(b)
-    return F.normalize(a, p=2, dim=-1) @ F.normalize(b, p=2, dim=-1).T  # (N, M)
+def normalize(x):
+    """Rows scaled to unit L2 norm (ST's util.normalize_embeddings): (N, D) -> (N, D)."""
+    return F.normalize(_as_tensor(x), p=2, dim=-1)
 
 
 def dot(a, b):
     a, b = _as_tensor(a), _as_tensor(b)
     return a @ b.T  # (N, M)
+
+
+def cosine(a, b):
+    """ST's util.cos_sim: (N, D), (M, D) -> (N, M)."""
+    return dot(normalize(a), normalize(b))  # (N, M)
 
 
 def euclidean(a, b):
@@ -42,12 +49,12 @@ def manhattan(a, b):
     return -torch.cdist(a, b, p=1.0)  # (N, M)
 
 
-def pairwise_cosine(a, b):
-    return (F.normalize(_as_tensor(a), dim=-1) * F.normalize(_as_tensor(b), dim=-1)).sum(-1)  # (N,)
-
-
 def pairwise_dot(a, b):
-    return (_as_tensor(a) * _as_tensor(b)).sum(-1)
+    return (_as_tensor(a) * _as_tensor(b)).sum(-1)  # (N,)
+
+
+def pairwise_cosine(a, b):
+    return pairwise_dot(normalize(a), normalize(b))  # (N,)
 
 
 def pairwise_euclidean(a, b):

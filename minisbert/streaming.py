@@ -22,13 +22,12 @@ Shapes: N lines, D embedding width (truncate_dim when given).
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from .backbone import logger, progress
+from .checkpoint import atomic_write
 from .tokenizer import Truncation
 
 
@@ -93,12 +92,10 @@ def encode_file(model, path, out_path, *, batch_size: int = 32, chunk_size: int 
     width = min(truncate_dim or model.embedding_dim, model.embedding_dim)  # wider than the model: no cut, as encode
     model.resolve_prompt(prompt, prompt_name)  # an unknown prompt_name fails before anything is written
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # mkstemp would make it 0600
     truncation = Truncation(max_length=model.max_length)
     quiet = logger.level
     try:
-        with open(tmp, "wb") as out:
+        with atomic_write(out_path) as out:
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (n, width)}
             np.lib.format.write_array_header_1_0(out, header)  # then N * D float32 values, row after row
             start = 0
@@ -116,12 +113,6 @@ def encode_file(model, path, out_path, *, batch_size: int = 32, chunk_size: int 
                 truncation.total += model.last_truncation.total
             if start != n:
                 raise ValueError(f"{path}: read {start} lines, but counted {n} before; was the file being written?")
-            out.flush()
-            os.fsync(out.fileno())  # on disk before the rename makes it visible
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         logger.setLevel(quiet)
     truncation.report(f"encode_file {path}")

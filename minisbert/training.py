@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import math
 import random
@@ -36,7 +37,7 @@ import torch
 from torch import Tensor
 
 from . import distributed, evaluation, gradcache, losses
-from .adamw import AdamW
+from .fast import kernels
 from .checkpoint import run_checkpoints, write_run_file
 from .collate import TokenizedColumn, collate, tokenize_column, tokenize_pairs
 from .cross_encoder import CrossEncoder
@@ -122,7 +123,7 @@ def column_loss(loss: str, *, scale: float | None = None, margin: float | None =
     elif loss == "gist":
         def fn(outputs, labels, guide_embeddings=None, candidate_ids=None):
             return losses.gist(outputs[0], torch.cat(outputs[1:]), guide_embeddings[0], torch.cat(guide_embeddings[1:]),
-                               temperature=1.0 / scale, margin=margin, candidate_ids=candidate_ids)
+                               scale=scale, margin=margin, candidate_ids=candidate_ids)
     elif loss == "triplet":
         def fn(outputs, labels, guide_embeddings=None):
             return losses.triplet(outputs[0], outputs[1], outputs[2], distance=distance, margin=margin)
@@ -166,14 +167,13 @@ def decay_parameter_names(model: torch.nn.Module) -> set[str]:
     return {n for n, _ in model.named_parameters() if n not in in_layernorm and not _NO_DECAY.search(n.lower())}
 
 
-def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> AdamW:
-    """AdamW (betas 0.9/0.999, eps 1e-8, as ST), two groups: decayed and not; fused on CUDA and CPU.
+def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
+    """torch.optim.AdamW (betas 0.9/0.999, eps 1e-8, as ST), two groups: decayed and not.
 
-    The fused kernel is one pass over the parameters instead of one per foreach op, several times faster
-    (benchmarks/README.md, decision table: fused AdamW on CPU). transformers' default optimizer is the
-    same fused AdamW. Other devices (e.g. MPS) get the foreach implementation.
-    adamw.AdamW is torch.optim.AdamW's update and state_dict without torch.optim, whose first use
-    imports torch._dynamo (over a second of train.py's launch; see adamw.py).
+    Fused (one pass over all parameters, transformers' default too) where this torch has the flag, as
+    nanoGPT checks it, and kernels.py's probe found the fused kernel working on the parameters' device type
+    and dtype; else foreach, else the plain loop, which the portable path forces
+    (benchmarks/README.md, decision table: AdamW).
     """
     decay = decay_parameter_names(model)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -181,7 +181,11 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: f
         {"params": [p for n, p in params if n in decay], "weight_decay": weight_decay},
         {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0},
     ]
-    return AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    fused_available = "fused" in inspect.signature(torch.optim.AdamW).parameters
+    kinds = {kernels.adamw_kernel(p.device, p.dtype, fused=fused_available) for _, p in params}
+    kind = min(kinds, key=("plain", "foreach", "fused").index, default="plain")  # the one every parameter can run
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "plain": {"foreach": False}}[kind]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8, **flags)
 
 
 # ----------------------------------------------------------------------------------------------

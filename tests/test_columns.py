@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 from train import TrainConfig, main  # noqa: E402
 
 from minisbert import training  # noqa: E402
-from minisbert.data import DataError, NoDuplicatesBatchSampler, load_dataset  # noqa: E402
+from minisbert.data import DataError, load_dataset  # noqa: E402
+from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
 from minisbert.sampler import BatchFill  # noqa: E402
 
 ROWS = 400  # two source values are 0.5% of the rows: under the 1% rule

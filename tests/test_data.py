@@ -453,3 +453,20 @@ def test_mining_errors():
         mine_hard_negatives(model, ["a"], ["x"], num_negatives=0)
     with pytest.raises(DataError, match="room for fewer than num_negatives=3"):
         mine_hard_negatives(model, ["a"], ["x"], num_negatives=3, range_min=1, range_max=3)
+
+
+def test_one_reader_for_training_and_evaluation_files(tmp_path):
+    """load_dataset and the evaluators' readers (eval_files) read a file alike and fail with the same message."""
+    from minisbert import eval_files
+
+    tsv = tmp_path / "q.tsv"
+    tsv.write_text('anchor\tpositive\n"quoted" text\tb\n', encoding="utf-8")
+    assert eval_files.read_rows(tsv) == [{"anchor": '"quoted" text', "positive": "b"}]  # tsv quotes are text
+    assert load_dataset(tsv).columns["anchor"] == ['"quoted" text']
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"anchor": "a", "positive": "b"}\n[1]\n', encoding="utf-8")
+    with pytest.raises(DataError) as training_error:
+        load_dataset(bad)
+    with pytest.raises(DataError) as evaluation_error:
+        eval_files.read_rows(bad)
+    assert str(training_error.value) == str(evaluation_error.value) == f"{bad}, line 2: expected a JSON object {{...}}, got a list"

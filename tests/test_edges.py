@@ -423,7 +423,9 @@ def test_evaluate_output_that_is_a_folder_fails_before_evaluating(tiny_model_dir
     proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--model", str(tiny_model_dirs["bert"]), "--task", "sts",
                            "--data", str(sts), "--output", str(folder)], env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and TRACEBACK not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == f"error: --output {folder} is a folder; name the file to write"
+    warning, error = proc.stderr.strip().splitlines()  # --output is deprecated (--output_dir): said first, on stderr
+    assert warning.startswith("warning: --output FILE is deprecated") and "--output_dir" in warning, warning
+    assert error == f"error: --output {folder} is a folder; name the file to write"
     assert proc.stdout == ""  # nothing was evaluated
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "sts.jsonl"] and not any(folder.iterdir())
 
@@ -440,9 +442,28 @@ def test_evaluate_plot_is_checked_before_evaluating_and_makes_its_folder(tiny_mo
     assert code == 0 and target.read_bytes().startswith(b"\x89PNG")
 
 
+def test_evaluate_takes_train_py_spellings_and_the_old_ones_with_a_warning(tiny_model_dirs, tmp_path, capsys):
+    """--matryoshka_dims 32 16 and --output_dir as train.py spells them; 32,16 and --output FILE still work."""
+    sts = _jsonl(tmp_path / "sts.jsonl", [{"sentence1": f"a {i}", "sentence2": f"b {i}", "score": i / 4} for i in range(4)])
+    base = ["--model", str(tiny_model_dirs["bert"]), "--task", "sts", "--data", str(sts)]
+    evaluate.load_model.cache_clear()
+    capsys.readouterr()
+    new = evaluate.main(base + ["--matryoshka_dims", "32", "16", "--output_dir", str(tmp_path / "new")])
+    assert "warning" not in capsys.readouterr().err
+    old = evaluate.main(base + ["--matryoshka_dims", "32,16", "--output", str(tmp_path / "old.json")])
+    err = capsys.readouterr().err
+    assert "warning: --matryoshka_dims 32,16 is deprecated" in err and "warning: --output FILE is deprecated" in err, err
+    assert new == old and "dim_16_spearman_cosine" in new
+    assert json.loads((tmp_path / "new" / "metrics.json").read_text()) == new == json.loads((tmp_path / "old.json").read_text())
+    code, err = _evaluate(base + ["--output_dir", sts], capsys)
+    assert code == 2 and err == f"--output_dir {sts} is a file; name the folder to write metrics.json into", err
+    code, err = _evaluate(base + ["--matryoshka_dims", "32", "x"], capsys)
+    assert code == 2 and err == "--matryoshka_dims 'x': expected integers such as 384 256 128", err
+
+
 EVALUATE_CASES = {
     "classification text a number": (["--task", "classification", "--data", "{number}"],
-                                     r"number/test\.jsonl: row 2, column 'text': expected text \(a string\), got int 5"),
+                                     r"number/test\.jsonl, line 2, column 'text': expected text \(a string\), got the number 5"),
     "classification label types": (["--task", "classification", "--data", "{types}"],
                                    r"test labels \['0', '1'\] never occur in the train labels \[0, 1\] "
                                    r"\(labels are compared with their type: 1 and '1' differ\)"),

@@ -379,10 +379,10 @@ def test_read_beir_title_text_and_grades(tmp_path):
 def test_bad_qrels_ids_name_file_line_and_id(tmp_path):
     corpus, queries = [{"_id": "1", "text": "a"}], [{"_id": "q", "text": "b"}]
     folder = _write_beir(tmp_path / "a", corpus, queries, [("q", "1", 1), ("q", "404", 1)])
-    with pytest.raises(ValueError, match=r"test\.tsv:3: corpus-id '404' is not in corpus\.jsonl"):
+    with pytest.raises(ValueError, match=r"test\.tsv, line 3, column 'corpus-id': '404' is not in corpus\.jsonl"):
         E.read_beir(folder)
     folder = _write_beir(tmp_path / "b", corpus, queries, [("nope", "1", 1)])
-    with pytest.raises(ValueError, match=r"test\.tsv:2: query-id 'nope' is not in queries\.jsonl"):
+    with pytest.raises(ValueError, match=r"test\.tsv, line 2, column 'query-id': 'nope' is not in queries\.jsonl"):
         E.RetrievalEvaluator.from_beir(folder)
     with pytest.raises(ValueError, match=r"qrels splits available: \['test'\]"):
         E.read_beir(folder, "dev")
@@ -418,7 +418,7 @@ def test_bad_rows_name_file_and_line(tmp_path):
         E.STSEvaluator.from_file(tmp_path)
     rr = tmp_path / "rr.jsonl"
     rr.write_text('{"query": "q", "positive": ["a"]}\n')
-    with pytest.raises(ValueError, match=r"rr\.jsonl: row 1: .*exactly one of 'negative' and 'documents'"):
+    with pytest.raises(ValueError, match=r"rr\.jsonl, line 1: .*exactly one of 'negative' and 'documents'"):
         E.CrossEncoderRerankingEvaluator.from_file(rr)
 
 

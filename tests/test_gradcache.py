@@ -83,7 +83,7 @@ def loss_for(name, columns):
         fn = lambda e, y: L.mnrl_symmetric(e[0], e[1])  # noqa: E731
     elif name == "gist":
         g = guide_embeddings(columns)  # the trainer computes these without grad and closes over them
-        fn = lambda e, y: L.gist(e[0], torch.cat(e[1:]), g[0], torch.cat(g[1:]), temperature=0.05)  # noqa: E731
+        fn = lambda e, y: L.gist(e[0], torch.cat(e[1:]), g[0], torch.cat(g[1:]), scale=20.0)  # noqa: E731
     elif name == "matryoshka_triplet":
         fn = L.matryoshka(lambda e, y: L.triplet(*e, margin=1.0), [12, 4])  # a list-taking loss, wrapped whole
     return fn, labels

@@ -302,7 +302,15 @@ GIST_CONFIGS = [
     dict(margin_strategy="relative", margin=0.1),
     dict(margin_strategy="absolute", margin=0.05, contrast_anchors=False),
     dict(contrast_positives=False, temperature=0.05),
-]
+]  # in ST's spelling (GISTEmbedLoss takes temperature); ours(kw) is the same config for L.gist
+
+
+def ours(kw: dict) -> dict:
+    """A GIST_CONFIGS entry as L.gist takes it: scale = 1 / temperature, like every other loss."""
+    kw = dict(kw)
+    if "temperature" in kw:
+        kw["scale"] = 1 / kw.pop("temperature")
+    return kw
 
 
 @pytest.mark.parametrize("n_neg", [0, 1, 2])
@@ -310,7 +318,7 @@ GIST_CONFIGS = [
 def test_gist_matches_naive_loop(n_neg, kw):
     a, c, ga, gc = gist_batch(n_neg, seed=1)
     assert 0 < count_masked(ga, gc) < B * c.shape[0] - B  # some, not all, candidates are suppressed
-    got = L.gist(a, c, ga, gc, **kw)
+    got = L.gist(a, c, ga, gc, **ours(kw))
     naive = naive_gist(
         a, c, ga, gc, kw.get("temperature", 0.01), kw.get("margin_strategy", "absolute"), kw.get("margin", 0.0),
         kw.get("contrast_anchors", True), kw.get("contrast_positives", True),
@@ -322,7 +330,7 @@ def test_gist_matches_naive_loop(n_neg, kw):
 @pytest.mark.parametrize("kw", GIST_CONFIGS)
 def test_gist_matches_st(st, n_neg, kw):
     a, c, ga, gc = gist_batch(n_neg, seed=2)
-    got = L.gist(a, c, ga, gc, **kw)
+    got = L.gist(a, c, ga, gc, **ours(kw))
     model, guide = ColumnModel([a, *split(c, 1 + n_neg)]), ColumnModel([ga, *split(gc, 1 + n_neg)])
     if n_neg <= 1:  # GISTEmbedLoss takes pairs or triplets only
         ref = st_loss(st.GISTEmbedLoss(model, guide, **kw), model.columns)
@@ -331,6 +339,16 @@ def test_gist_matches_st(st, n_neg, kw):
             [[x] for x in model.columns], [[x] for x in guide.columns]
         )
     close(got, ref)
+
+
+def test_gist_temperature_is_deprecated_and_equals_scale():
+    a, c, ga, gc = gist_batch(1, seed=3)
+    with pytest.warns(DeprecationWarning, match="scale=1/t"):
+        old = L.gist(a, c, ga, gc, temperature=0.05)
+    assert torch.equal(old, L.gist(a, c, ga, gc, scale=20.0))  # 1 / 20 == 0.05: the same division, bit for bit
+    assert torch.equal(L.gist(a, c, ga, gc), L.gist(a, c, ga, gc, scale=100.0))
+    with pytest.raises(ValueError, match="scale must be positive"):
+        L.gist(a, c, ga, gc, scale=0.0)
 
 
 def test_gist_candidate_ids_match_naive():
@@ -451,7 +469,7 @@ def test_matryoshka_keeps_guide_width_and_passes_keywords():
     expected = naive_matryoshka(L.gist, [16, 8], [1, 1], (a, c, ga, gc), keep=(2, 3))
     close(m(a, c, ga, gc), expected)
     close(m(a, c, guide_anchors=ga, guide_candidates=gc), expected)
-    close(m(anchors=a, candidates=c, guide_anchors=ga, guide_candidates=gc, temperature=0.01), expected)
+    close(m(anchors=a, candidates=c, guide_anchors=ga, guide_candidates=gc, scale=100.0), expected)
 
 
 def test_matryoshka_of_a_list_loss_and_nested():

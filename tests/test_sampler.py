@@ -296,3 +296,14 @@ def test_schedule_errors():
         MultiDatasetSchedule(samplers, mode="round_robin", weights=[1, 1])
     with pytest.raises(DataError, match="at least one sampler"):
         MultiDatasetSchedule([])
+
+
+def test_the_old_data_names_of_the_samplers_still_work_with_a_warning():
+    import minisbert.data
+    import minisbert.sampler
+
+    for name in ("NoDuplicatesBatchSampler", "ShuffledBatchSampler", "MultiDatasetSchedule"):
+        with pytest.warns(DeprecationWarning, match=f"minisbert.data.{name} is deprecated; import it from minisbert.sampler"):
+            assert getattr(minisbert.data, name) is getattr(minisbert.sampler, name)
+    with pytest.warns(DeprecationWarning, match="DATASET_SCHEDULES"):
+        assert minisbert.sampler.SCHEDULES == minisbert.sampler.DATASET_SCHEDULES == ("round_robin", "proportional", "weighted")

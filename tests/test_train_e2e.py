@@ -28,7 +28,8 @@ from train import TrainConfig, main  # noqa: E402
 
 from capabilities import needs_fast  # noqa: E402
 from minisbert import checkpoint, errors, losses, training  # noqa: E402
-from minisbert.data import NoDuplicatesBatchSampler, load_dataset  # noqa: E402
+from minisbert.data import load_dataset  # noqa: E402
+from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, as the subprocesses run

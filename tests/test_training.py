@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from minisbert import checkpoint, errors, losses, training
+from minisbert.fast import kernels
 from minisbert.collate import collate, tokenize_column, tokenize_pairs, trim_padding
 
 
@@ -130,14 +131,16 @@ def test_weight_decay_groups_match_transformers_trainer(tiny):
 
 
 def test_optimizer_is_fused_adamw_and_steps_like_the_reference_adamw(tiny):
-    """Fused on CPU (and CUDA); its updates equal torch's plain AdamW with the same groups and settings."""
+    """Fused on CPU (and CUDA) where kernels.py's probe finds the kernel (plain on the portable path); its updates
+    equal torch's plain AdamW with the same groups and settings."""
     import copy
 
     model, _ = tiny
     model = copy.deepcopy(model)
     reference = copy.deepcopy(model)
     ours = training.make_optimizer(model, 1e-3, 0.01)
-    assert ours.defaults["fused"] and ours.defaults["betas"] == (0.9, 0.999) and ours.defaults["eps"] == 1e-8
+    assert bool(ours.defaults["fused"]) == (kernels.adamw_kernel("cpu", torch.float32, fused=True) == "fused")
+    assert isinstance(ours, torch.optim.AdamW) and ours.defaults["betas"] == (0.9, 0.999) and ours.defaults["eps"] == 1e-8
     theirs = torch.optim.AdamW([{"params": [dict(reference.named_parameters())[n] for n, p in model.named_parameters()
                                             if any(p is q for q in g["params"])], "weight_decay": g["weight_decay"]}
                                 for g in ours.param_groups], lr=1e-3, betas=(0.9, 0.999), eps=1e-8, foreach=False)
@@ -208,7 +211,7 @@ def test_column_losses_call_the_loss_functions():
     assert torch.equal(fn("cosent")([a, p], y), losses.cosent(a, p, y))
     assert torch.equal(fn("angle")([a, p], y), losses.angle(a, p, y))
     assert torch.equal(fn("gist")([a, p, n], None, guide_embeddings=[p, a, n]),
-                       losses.gist(a, torch.cat([p, n]), p, torch.cat([a, n]), temperature=0.01, margin=0.0))
+                       losses.gist(a, torch.cat([p, n]), p, torch.cat([a, n]), scale=100.0, margin=0.0))
     logits = torch.randn(6, 1, generator=g)
     assert torch.equal(fn("bce", pos_weight=2.0)([logits], (y > 0.5).float()), losses.bce(logits, (y > 0.5).float(), 2.0))
     assert torch.equal(fn("listwise")([logits, -logits, logits * 2], None), losses.listwise(torch.cat([logits, -logits, logits * 2], 1)))
