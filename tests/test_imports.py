@@ -149,6 +149,5 @@ def test_circles_are_found():
     assert circles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.xfail(strict=False, reason="circles removed by other helpers' branches; the lead turns this off at merge")
 def test_no_import_circle(graph):
     assert circles(graph) == []
