@@ -129,7 +129,7 @@ def make_step(lib: str, folder: str, *, data: str = "nli", loss: str = "mnrl", b
     """A callable step(i) -> loss on batch i (rows i*B.. of the data, cycling; i < 0: warm-up on batch 0)
     for `lib` in st | minisbert, as bench_train.make_step does for MiniLM."""
     import torch
-    from bench_train import _finish, _param_groups
+    from bench_train import _finish, _param_groups, shipped_step
 
     columns = _columns(data, batch_size * steps)
     names = list(columns)
@@ -155,7 +155,7 @@ def make_step(lib: str, folder: str, *, data: str = "nli", loss: str = "mnrl", b
             value.backward()
             return _finish(model, optimizer, value)
     else:
-        from minisbert import distributed, training
+        from minisbert import training
         from minisbert.bi_encoder import BiEncoder
 
         model = BiEncoder.from_pretrained(folder, max_length=max_length, device="cpu")
@@ -164,12 +164,7 @@ def make_step(lib: str, folder: str, *, data: str = "nli", loss: str = "mnrl", b
         # the shipped step, on columns tokenized once, up front (as train.py does)
         task = training.build_task(model, data, [columns[c] for c in names], training.column_loss(loss), loss=loss,
                                    mini_batch_size=mini_batch_size if loss == "cached_mnrl" else None)
-        world = distributed.World()  # one process, on the CPU
-        optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
-        model.train()
-
-        def step(i):
-            return _finish(model, optimizer, training.train_step(model, task, pick(i), world=world))
+        return shipped_step(model, task, pick)
 
     step.model, step.optimizer = model, optimizer
     return step
@@ -178,7 +173,7 @@ def make_step(lib: str, folder: str, *, data: str = "nli", loss: str = "mnrl", b
 def make_cross_step(lib: str, folder: str, *, batch_size: int = 16, max_length: int = 512, steps: int = 4):
     """A BCE training step of a cross-encoder on the SciFact rerank rows, as bench_cross.make_train_step."""
     import torch
-    from bench_train import _finish, _param_groups
+    from bench_train import _finish, _param_groups, shipped_step
 
     pairs, labels = rerank_rows(batch_size * steps)
     pick = lambda i: [(max(i, 0) * batch_size + j) % len(pairs) for j in range(batch_size)]  # noqa: E731
@@ -197,17 +192,12 @@ def make_cross_step(lib: str, folder: str, *, batch_size: int = 16, max_length: 
             value.backward()
             return _finish(model, optimizer, value)
     else:
-        from minisbert import CrossEncoder, distributed, training
+        from minisbert import CrossEncoder, training
 
         model = CrossEncoder.from_pretrained(folder, max_length=max_length, device="cpu")
         task = training.build_task(model, "scifact", [[p[0] for p in pairs], [p[1] for p in pairs]],
                                    training.column_loss("bce"), loss="bce", labels=labels)
-        world = distributed.World()  # one process, on the CPU
-        optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
-        model.train()
-
-        def step(i):
-            return _finish(model, optimizer, training.train_step(model, task, pick(i), world=world))
+        return shipped_step(model, task, pick)
 
     step.model, step.optimizer = model, optimizer
     return step

@@ -15,7 +15,7 @@ import argparse
 
 import common
 
-BATCH, MAX_LENGTH, LR, WEIGHT_DECAY = 32, 128, 5e-5, 0.01
+BATCH, MAX_LENGTH, LR = 32, 128, 5e-5
 
 
 def trecqa_pairs(n: int | None = None) -> tuple[list[tuple[str, str]], list[float]]:
@@ -59,33 +59,20 @@ def time_predict(n: int = 2000, repeats: int = 3, warmup: int = 1) -> dict:
 
 
 def make_train_step(lib: str, steps: int = 8, model=None):
+    """A BCE step on TrecQA pairs (batch BATCH), ST's loss or minisbert's shipped step; AdamW and clipping as
+    bench_train.py (same lr, weight decay, max grad norm)."""
     import torch
-
-    from minisbert.training import decay_parameter_names
+    from bench_train import _finish, _param_groups, shipped_step
 
     pairs, labels = trecqa_pairs()
     g = torch.Generator().manual_seed(0)
     batches = [torch.randperm(len(pairs), generator=g)[:BATCH].tolist() for _ in range(steps)]
     model = model if model is not None else _models()[0 if lib == "st" else 1]
-
-    def groups(m):
-        decay = decay_parameter_names(m)
-        params = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
-        return [{"params": [p for n, p in params if n in decay], "weight_decay": WEIGHT_DECAY},
-                {"params": [p for n, p in params if n not in decay], "weight_decay": 0.0}]
-
-    def finish(value):
-        v = float(value)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return v
-
     if lib == "st":
         from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
         loss_fn = BinaryCrossEntropyLoss(model)
-        optimizer = torch.optim.AdamW(groups(model), lr=LR, fused=True)
+        optimizer = torch.optim.AdamW(_param_groups(model), lr=LR, fused=True)
         model.train()
 
         def step(i):
@@ -93,22 +80,16 @@ def make_train_step(lib: str, steps: int = 8, model=None):
             value = loss_fn([[pairs[r][0] for r in rows], [pairs[r][1] for r in rows]],
                             torch.tensor([labels[r] for r in rows]))
             value.backward()
-            return finish(value)
-    else:
-        from minisbert import distributed, training
+            return _finish(model, optimizer, value)
 
-        # the shipped step: one (query, document) column tokenized up front, bce on the logits
-        task = training.build_task(model, "trecqa", [[p[0] for p in pairs], [p[1] for p in pairs]],
-                                   training.column_loss("bce"), loss="bce", labels=labels)
-        world = distributed.World()  # one process, on the CPU
-        optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
-        model.train()
+        step.model = model
+        return step
+    from minisbert import training
 
-        def step(i):
-            return finish(training.train_step(model, task, batches[i % steps], world=world))
-
-    step.model = model
-    return step
+    # the shipped step: one (query, document) column tokenized up front, bce on the logits
+    task = training.build_task(model, "trecqa", [[p[0] for p in pairs], [p[1] for p in pairs]],
+                               training.column_loss("bce"), loss="bce", labels=labels)
+    return shipped_step(model, task, lambda i: batches[i % steps])
 
 
 def time_train(repeats: int = 5, warmup: int = 2) -> dict:

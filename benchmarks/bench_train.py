@@ -57,6 +57,22 @@ def _finish(model, optimizer, loss) -> float:
     return value
 
 
+def shipped_step(model, task, pick):
+    """minisbert's step as train.py runs it (training.train_step on one process, then clip + AdamW):
+    `step(i)` trains on the rows `pick(i)` of `task` and returns the loss."""
+    from minisbert import distributed, training
+
+    world = distributed.World()  # one process, on the CPU
+    optimizer = training.make_optimizer(model, LR, WEIGHT_DECAY)
+    model.train()
+
+    def step(i):
+        return _finish(model, optimizer, training.train_step(model, task, pick(i), world=world))
+
+    step.model, step.optimizer = model, optimizer
+    return step
+
+
 def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: int = 32, mini_batch_size: int = 32,
               steps: int = 8, seed: int = 0, variant: str = ""):
     """A callable step(i) -> loss on batch i of the shared batches, for `lib` in st | minisbert | floor.
