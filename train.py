@@ -56,7 +56,7 @@ from minisbert.data import load_dataset
 from minisbert.errors import ConfigError, Interrupted, NonFiniteLoss, SaveError
 from minisbert.flags import arg
 from minisbert.pooling import MODES as POOLING_MODES
-from minisbert.run import base_loss
+from minisbert.run import allow_tf32, base_loss
 from minisbert.tokenizer import Truncation
 from minisbert.training import CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, LR_SCHEDULES
 
@@ -276,11 +276,7 @@ def check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: P
     Returns that run's resolved config."""
     saved = json.loads(state["config"])
     before = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
-
-    def described(c, s):
-        return ", ".join(d["loss"] if d["loss"] != "matryoshka" else f"matryoshka({c.matryoshka_inner})" for d in s)
-
-    was, now = described(before, dataset_specs(before)), described(cfg, specs)
+    was, now = ", ".join(run.loss_names(before, dataset_specs(before))), ", ".join(run.loss_names(cfg, specs))
     if was != now:
         raise ConfigError(f"--resume {resume_dir}: that checkpoint was trained with --loss {was}, this run asks for {now}; "
                           f"resume with the run's own settings (--config {Path(saved['output_dir']) / 'train_config.json'}) "
@@ -290,19 +286,6 @@ def check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: P
         raise ConfigError(f"--resume {resume_dir}: that checkpoint continues a run of --model {model}, not {cfg.model}; "
                           "leave --model out to resume it, or start a new --output_dir for another model")
     return saved
-
-
-def allow_tf32() -> None:
-    """TF32 for CUDA float32 matmuls and convolutions: `fp32_precision` from torch 2.9 (which deprecates
-    `allow_tf32`), `allow_tf32` before it."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
 
 
 def main(cfg: TrainConfig) -> dict:
@@ -373,20 +356,7 @@ def main(cfg: TrainConfig) -> dict:
                                   warmup_steps=warmup)
         resolved = asdict(cfg) | {"output_dir": str(output_dir), "model": base_model, "max_length": model.max_length,
                                   "batch_sampler": sampler_name, "matryoshka_dims": dims, "eval_data": eval_data}
-        loop = training.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
-        if state is not None:
-            changed = training.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
-            if changed:
-                say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
-            loop.log = list(state["log"])
-        elif world.main and evaluate is not None:
-            before = evaluate(model)
-            loop.log = [{"step": 0, "epoch": 0.0, **before}] if before else []
-        if cfg.metric_for_best_model is not None and world.main:
-            loop.best = run.best_model(cfg, loop.log)
-        if state is not None:
-            loop.load_state_dict(state, optimizer, world.rank)  # restores the RNG: nothing below draws random numbers
-            say(f"resumed from {resume_dir} at step {loop.step} of {total}")
+        loop = run.loop_state(cfg, total, warmup, resolved, world, model, optimizer, evaluate, state, resume_dir, say)
         if world.main:  # every check has passed: from here on the run (its rank 0) writes to output_dir
             stack.enter_context(run.claim_output_dir(output_dir, resolved))
             where["output_dir"] = output_dir

@@ -39,6 +39,11 @@ def base_loss(cfg, loss: str) -> str:
     return cfg.matryoshka_inner if loss == "matryoshka" else loss
 
 
+def loss_names(cfg, specs: list[dict]) -> list[str]:
+    """Each dataset's loss as the model card and a resume name it: matryoshka with its inner loss."""
+    return [s["loss"] if s["loss"] != "matryoshka" else f"matryoshka({cfg.matryoshka_inner})" for s in specs]
+
+
 # ----------------------------------------------------------------------------------------------
 # output_dir
 
@@ -72,6 +77,27 @@ def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState
     if world.main:
         checkpoint.save_run_checkpoint(output_dir, loop.step, model, loop.state_dict(optimizer, rng))
         checkpoint.rotate_run_checkpoints(output_dir, save_total_limit, loop.best.step if loop.best else None)
+
+
+def loop_state(cfg, total: int, warmup: int, resolved: dict, world: distributed.World, model, optimizer, evaluate: Callable | None,
+               state: dict | None, resume_dir: Path | None, say) -> training.LoopState:
+    """The loop's state at its first step: the checkpoint's when resuming (its RNG restored last), else a fresh
+    one whose log starts with the evaluation before training (rank 0)."""
+    loop = training.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
+    if state is not None:
+        changed = training.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
+        if changed:
+            say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
+        loop.log = list(state["log"])
+    elif world.main and evaluate is not None:
+        before = evaluate(model)
+        loop.log = [{"step": 0, "epoch": 0.0, **before}] if before else []
+    if cfg.metric_for_best_model is not None and world.main:
+        loop.best = best_model(cfg, loop.log)
+    if state is not None:
+        loop.load_state_dict(state, optimizer, world.rank)  # restores the RNG: nothing below draws random numbers
+        say(f"resumed from {resume_dir} at step {loop.step} of {total}")
+    return loop
 
 
 @dataclass
@@ -228,6 +254,19 @@ def matryoshka_dims(cfg, specs: list[dict], width: int) -> list[int] | None:
     return dims
 
 
+def allow_tf32() -> None:
+    """TF32 for CUDA float32 matmuls and convolutions: `fp32_precision` from torch 2.9 (which deprecates
+    `allow_tf32`), `allow_tf32` before it."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+
+
 # ----------------------------------------------------------------------------------------------
 # messages, the best model, the end
 
@@ -287,7 +326,7 @@ def save_final(cfg, model, metrics: dict, base_model: str, specs: list[dict], ta
     """output_dir/final/: the model with its model card (losses, data sizes, metrics, config)."""
     card_training = {
         "base_model": base_model,
-        "losses": [s["loss"] if s["loss"] != "matryoshka" else f"matryoshka({cfg.matryoshka_inner})" for s in specs],
+        "losses": loss_names(cfg, specs),
         "data": {t.name: t.size for t in tasks},
         "metrics": metrics,
         "config": resolved,
