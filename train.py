@@ -255,8 +255,6 @@ def dataset_specs(cfg: TrainConfig) -> list[dict]:
     return specs
 
 
-
-
 def check_losses(cfg: TrainConfig, specs: list[dict]) -> bool:
     """The checks that need the datasets' losses but no file; True when the run trains a cross-encoder."""
     cross = [base_loss(cfg, s["loss"]) in CROSS_ENCODER_LOSSES for s in specs]

@@ -1,10 +1,11 @@
 """A training run, from its config to its saved model: what train.py's main() calls around the step.
 
+    output_dir            refuse another run's folder, claim it (lock, train_config.json); what Ctrl-C says
     datasets -> schedule  check each dataset against its loss, say its columns and batches, the samplers
     tasks, prompts        each dataset tokenized once with its loss (matryoshka, cached step, prompts)
-    model                 the model class the loss trains, the matryoshka widths, the default model
-    output_dir            refuse another run's folder, claim it (lock, train_config.json), checkpoints
-    after each step       Bookkeeping: the progress bar, log.jsonl, evaluation and checkpoints every N steps
+    model                 the model class the loss trains, the matryoshka widths, the default model, tf32
+    the loop              LoopState fresh or resumed; Bookkeeping after each step: the progress bar,
+                          log.jsonl, evaluation and checkpoints every N steps
     the end               the best model, the final evaluation, final/ with its model card
 
 `cfg` is train.py's TrainConfig, read by attribute only: nothing here imports train.py.
@@ -44,8 +45,9 @@ def loss_names(cfg, specs: list[dict]) -> list[str]:
     return [s["loss"] if s["loss"] != "matryoshka" else f"matryoshka({cfg.matryoshka_inner})" for s in specs]
 
 
+
 # ----------------------------------------------------------------------------------------------
-# output_dir
+# output_dir: refuse another run's folder, claim this one; what a Ctrl-C says
 
 
 def check_output_dir(cfg, output_dir: Path) -> Path | None:
@@ -71,71 +73,14 @@ def claim_output_dir(output_dir: Path, resolved: dict):
         yield
 
 
-def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState, world, save_total_limit: int | None):
-    """checkpoint-<step>/ of rank 0, with every process's RNG state (all processes must call it)."""
-    rng = world.all_gather_objects(training.rng_state())  # every process's RNG state, for an exact resume
-    if world.main:
-        checkpoint.save_run_checkpoint(output_dir, loop.step, model, loop.state_dict(optimizer, rng))
-        checkpoint.rotate_run_checkpoints(output_dir, save_total_limit, loop.best.step if loop.best else None)
+@contextlib.contextmanager
+def interrupted_says(where: dict):
+    """Ctrl-C becomes Interrupted, whose message names the last checkpoint of where["output_dir"]."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(training.interrupted_message(where.get("output_dir"))) from None
 
-
-def loop_state(cfg, total: int, warmup: int, resolved: dict, world: distributed.World, model, optimizer, evaluate: Callable | None,
-               state: dict | None, resume_dir: Path | None, say) -> training.LoopState:
-    """The loop's state at its first step: the checkpoint's when resuming (its RNG restored last), else a fresh
-    one whose log starts with the evaluation before training (rank 0)."""
-    loop = training.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
-    if state is not None:
-        changed = training.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
-        if changed:
-            say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
-        loop.log = list(state["log"])
-    elif world.main and evaluate is not None:
-        before = evaluate(model)
-        loop.log = [{"step": 0, "epoch": 0.0, **before}] if before else []
-    if cfg.metric_for_best_model is not None and world.main:
-        loop.best = best_model(cfg, loop.log)
-    if state is not None:
-        loop.load_state_dict(state, optimizer, world.rank)  # restores the RNG: nothing below draws random numbers
-        say(f"resumed from {resume_dir} at step {loop.step} of {total}")
-    return loop
-
-
-@dataclass
-class Bookkeeping:
-    """What follows each optimizer step: the progress bar, a log record every --logging_steps, an evaluation
-    every --eval_steps (rank 0) and a checkpoint every --save_steps or at a new best (every process)."""
-
-    cfg: object  # logging_steps, eval_steps, save_steps, save_total_limit
-    model: torch.nn.Module  # what is evaluated and saved: the model itself, not its DDP wrapper
-    optimizer: torch.optim.Optimizer
-    world: distributed.World
-    log: training.RunLog | None  # rank 0's log.jsonl
-    bar: object  # the tqdm progress bar
-    evaluate: Callable | None  # model -> eval metrics; None when the run has no evaluation
-    say: Callable
-    output_dir: Path
-    tick: float = field(default_factory=time.perf_counter)  # when the training time being counted started
-
-    def step_done(self, loop: training.LoopState, step_loss: float, lr: float, grad_norm: float) -> None:
-        """After loop.advance(): `lr` is the rate after this step, as transformers logs it."""
-        cfg, total, elapsed = self.cfg, loop.total_steps, time.perf_counter() - self.tick
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{loop.window['examples'] / max(elapsed, 1e-9):.1f}")
-        if self.world.main and ((cfg.logging_steps and loop.step % cfg.logging_steps == 0) or loop.step == total):
-            record = loop.take_window(lr, grad_norm, elapsed)
-            self.log.append(record)
-            self.say(training.format_record(record, total))
-            self.tick = time.perf_counter()
-        paused, new_best = time.perf_counter(), False
-        if cfg.eval_steps and loop.step % cfg.eval_steps == 0 and loop.step < total and self.evaluate is not None:
-            if self.world.main:
-                metrics = self.evaluate(self.model)
-                log_evaluation(loop, self.log, metrics, self.say)
-                new_best = loop.best is not None and loop.best.update(metrics, loop.step)
-            new_best = self.world.broadcast(new_best)  # a save gathers every process's RNG state: all must join it
-        if (cfg.save_steps and loop.step % cfg.save_steps == 0) or new_best:  # the best must be loadable at the end
-            save_checkpoint(self.output_dir, self.model, self.optimizer, loop, self.world, cfg.save_total_limit)
-        self.tick += time.perf_counter() - paused  # examples/s counts training time only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +169,14 @@ def make_dev_task(cfg, spec: dict, model, guide, dims) -> training.Task:
     return make_task(cfg, spec, dev, model, guide, dims)
 
 
+def truncation_line(truncation: Truncation, max_length: int) -> str:
+    if truncation.count:
+        return (f"truncation: {truncation.count} of {truncation.total} training inputs were longer than max_length="
+                f"{max_length} tokens and were cut to {max_length}")
+    return f"truncation: none of the {truncation.total} training inputs exceeds max_length={max_length}"
+
+
+
 # ----------------------------------------------------------------------------------------------
 # model
 
@@ -266,22 +219,35 @@ def allow_tf32() -> None:
 
 
 
-
 # ----------------------------------------------------------------------------------------------
-# messages, the best model, the end
-
-
-def truncation_line(truncation: Truncation, max_length: int) -> str:
-    if truncation.count:
-        return (f"truncation: {truncation.count} of {truncation.total} training inputs were longer than max_length="
-                f"{max_length} tokens and were cut to {max_length}")
-    return f"truncation: none of the {truncation.total} training inputs exceeds max_length={max_length}"
+# the loop: its state, the line that starts it, what follows each step
 
 
 def best_model(cfg, records: list[dict]) -> training.Best:
     """--metric_for_best_model, checked against the eval keys the run logged before its first step."""
     metric = training.resolve_metric(cfg.metric_for_best_model, sorted({k for r in records for k in r if k.startswith("eval_")}))
     return training.Best(metric, cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss"))
+
+
+def loop_state(cfg, total: int, warmup: int, resolved: dict, world: distributed.World, model, optimizer, evaluate: Callable | None,
+               state: dict | None, resume_dir: Path | None, say) -> training.LoopState:
+    """The loop's state at its first step: the checkpoint's when resuming (its RNG restored last), else a fresh
+    one whose log starts with the evaluation before training (rank 0)."""
+    loop = training.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
+    if state is not None:
+        changed = training.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
+        if changed:
+            say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
+        loop.log = list(state["log"])
+    elif world.main and evaluate is not None:
+        before = evaluate(model)
+        loop.log = [{"step": 0, "epoch": 0.0, **before}] if before else []
+    if cfg.metric_for_best_model is not None and world.main:
+        loop.best = best_model(cfg, loop.log)
+    if state is not None:
+        loop.load_state_dict(state, optimizer, world.rank)  # restores the RNG: nothing below draws random numbers
+        say(f"resumed from {resume_dir} at step {loop.step} of {total}")
+    return loop
 
 
 def run_line(cfg, tasks: list, total: int, warmup: int, sampler_name: str, world) -> str:
@@ -294,6 +260,57 @@ def run_line(cfg, tasks: list, total: int, warmup: int, sampler_name: str, world
 def log_evaluation(loop: training.LoopState, log: training.RunLog, metrics: dict, say, **extra) -> None:
     log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), **extra, **metrics})
     say(training.format_record({"step": loop.step, "epoch": loop.epoch_float, **extra, **metrics}, loop.total_steps))
+
+
+def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState, world, save_total_limit: int | None):
+    """checkpoint-<step>/ of rank 0, with every process's RNG state (all processes must call it)."""
+    rng = world.all_gather_objects(training.rng_state())  # every process's RNG state, for an exact resume
+    if world.main:
+        checkpoint.save_run_checkpoint(output_dir, loop.step, model, loop.state_dict(optimizer, rng))
+        checkpoint.rotate_run_checkpoints(output_dir, save_total_limit, loop.best.step if loop.best else None)
+
+
+@dataclass
+class Bookkeeping:
+    """What follows each optimizer step: the progress bar, a log record every --logging_steps, an evaluation
+    every --eval_steps (rank 0) and a checkpoint every --save_steps or at a new best (every process)."""
+
+    cfg: object  # logging_steps, eval_steps, save_steps, save_total_limit
+    model: torch.nn.Module  # what is evaluated and saved: the model itself, not its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    world: distributed.World
+    log: training.RunLog | None  # rank 0's log.jsonl
+    bar: object  # the tqdm progress bar
+    evaluate: Callable | None  # model -> eval metrics; None when the run has no evaluation
+    say: Callable
+    output_dir: Path
+    tick: float = field(default_factory=time.perf_counter)  # when the training time being counted started
+
+    def step_done(self, loop: training.LoopState, step_loss: float, lr: float, grad_norm: float) -> None:
+        """After loop.advance(): `lr` is the rate after this step, as transformers logs it."""
+        cfg, total, elapsed = self.cfg, loop.total_steps, time.perf_counter() - self.tick
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{loop.window['examples'] / max(elapsed, 1e-9):.1f}")
+        if self.world.main and ((cfg.logging_steps and loop.step % cfg.logging_steps == 0) or loop.step == total):
+            record = loop.take_window(lr, grad_norm, elapsed)
+            self.log.append(record)
+            self.say(training.format_record(record, total))
+            self.tick = time.perf_counter()
+        paused, new_best = time.perf_counter(), False
+        if cfg.eval_steps and loop.step % cfg.eval_steps == 0 and loop.step < total and self.evaluate is not None:
+            if self.world.main:
+                metrics = self.evaluate(self.model)
+                log_evaluation(loop, self.log, metrics, self.say)
+                new_best = loop.best is not None and loop.best.update(metrics, loop.step)
+            new_best = self.world.broadcast(new_best)  # a save gathers every process's RNG state: all must join it
+        if (cfg.save_steps and loop.step % cfg.save_steps == 0) or new_best:  # the best must be loadable at the end
+            save_checkpoint(self.output_dir, self.model, self.optimizer, loop, self.world, cfg.save_total_limit)
+        self.tick += time.perf_counter() - paused  # examples/s counts training time only
+
+
+
+# ----------------------------------------------------------------------------------------------
+# the end: the best model, the final evaluation, final/
 
 
 def say_before_after(log: training.RunLog, final: dict, say) -> None:
@@ -336,12 +353,3 @@ def save_final(cfg, model, metrics: dict, base_model: str, specs: list[dict], ta
         return model.save_pretrained(output_dir / "final", model_card=card)
     except checkpoint.WRITE_ERRORS as e:  # disk full, permissions: the checkpoints stay, nothing half-written
         raise SaveError(checkpoint.save_failed_message(output_dir / "final", e, output_dir)) from e
-
-
-@contextlib.contextmanager
-def interrupted_says(run: dict):
-    """Ctrl-C becomes Interrupted, whose message names the last checkpoint of run["output_dir"]."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(training.interrupted_message(run.get("output_dir"))) from None
