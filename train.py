@@ -56,7 +56,7 @@ from minisbert.data import load_dataset
 from minisbert.errors import ConfigError, Interrupted, NonFiniteLoss, SaveError
 from minisbert.flags import arg
 from minisbert.pooling import MODES as POOLING_MODES
-from minisbert.run import allow_tf32, base_loss
+from minisbert.run import DATASET_KEYS, allow_tf32, base_loss, dataset_specs
 from minisbert.tokenizer import Truncation
 from minisbert.training import CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, LR_SCHEDULES
 
@@ -144,7 +144,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------
 # config: defaults <- --config file <- flags, then checks that need nothing loaded
 
-DATASET_KEYS = ("path", "name", "loss", "columns", "label_column", "limit", "prompts", "label_map")
 DATASET_TYPES = {"path": "str", "name": "str | None", "loss": "str | None", "columns": "list[str] | None",
                  "label_column": "str | None", "limit": "int | None", "prompts": "str | dict | None", "label_map": "dict | None"}
 
@@ -222,11 +221,11 @@ def check_config(cfg: TrainConfig) -> None:
         names = [d.get("name") or Path(d["path"]).stem for d in cfg.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"--datasets: dataset names must differ, got {names}; give each a \"name\"")
-    for i, spec in enumerate(dataset_specs(cfg)):
+    for i, spec in enumerate(dataset_specs(cfg, SHIPPED_TRAIN)):
         if spec["loss"] not in LOSS_NAMES:
             where = f"--datasets[{i}] loss" if cfg.datasets else "--loss"
             raise ConfigError(f"{where} {spec['loss']!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
-    if cfg.mask_duplicates and not any(base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in dataset_specs(cfg)):
+    if cfg.mask_duplicates and not any(base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in dataset_specs(cfg, SHIPPED_TRAIN)):
         raise ConfigError(f"--mask_duplicates masks in-batch negatives, which only {', '.join(IN_BATCH_LOSSES)} "
                           "(and matryoshka of them) have; this run's losses have none")
     if cfg.dataset_weights is not None and cfg.multi_dataset_schedule != "weighted":
@@ -235,24 +234,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("--resume latest needs --output_dir (the folder with the checkpoints)")
     if cfg.output_dir is not None and Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
         raise ConfigError(f"--output_dir {cfg.output_dir} exists and is a file, not a folder")
-
-
-def dataset_specs(cfg: TrainConfig) -> list[dict]:
-    """One dict per training dataset with every DATASET_KEYS entry filled from the flags."""
-    if cfg.datasets is None:
-        path = cfg.data or str(SHIPPED_TRAIN)
-        raw = [{"path": path, "columns": cfg.columns, "label_column": cfg.label_column, "limit": cfg.limit,
-                "label_map": cfg.label_map}]
-    else:
-        raw = cfg.datasets
-    specs = []
-    for d in raw:
-        spec = {k: d.get(k) for k in DATASET_KEYS}
-        spec["name"] = spec["name"] or Path(spec["path"]).stem
-        spec["loss"] = spec["loss"] or cfg.loss
-        spec["limit"] = spec["limit"] if spec["limit"] is not None else cfg.limit
-        specs.append(spec)
-    return specs
 
 
 def check_losses(cfg: TrainConfig, specs: list[dict]) -> bool:
@@ -274,7 +255,7 @@ def check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: P
     Returns that run's resolved config."""
     saved = json.loads(state["config"])
     before = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
-    was, now = ", ".join(run.loss_names(before, dataset_specs(before))), ", ".join(run.loss_names(cfg, specs))
+    was, now = ", ".join(run.loss_names(before, dataset_specs(before, SHIPPED_TRAIN))), ", ".join(run.loss_names(cfg, specs))
     if was != now:
         raise ConfigError(f"--resume {resume_dir}: that checkpoint was trained with --loss {was}, this run asks for {now}; "
                           f"resume with the run's own settings (--config {Path(saved['output_dir']) / 'train_config.json'}) "
@@ -293,7 +274,7 @@ def main(cfg: TrainConfig) -> dict:
     with run.interrupted_says(where), contextlib.ExitStack() as stack:
         # -------------------------------------------------------------- setup: checks that need nothing loaded
         check_config(cfg)
-        specs = dataset_specs(cfg)
+        specs = dataset_specs(cfg, SHIPPED_TRAIN)
         is_cross = check_losses(cfg, specs)
         output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         resume_dir = run.check_output_dir(cfg, output_dir)

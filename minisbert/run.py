@@ -1,5 +1,6 @@
 """A training run, from its config to its saved model: what train.py's main() calls around the step.
 
+    dataset specs         one dict per training dataset, from --data or --datasets (DATASET_KEYS)
     output_dir            refuse another run's folder, claim it (lock, train_config.json); what Ctrl-C says
     datasets -> schedule  check each dataset against its loss, say its columns and batches, the samplers
     tasks, prompts        each dataset tokenized once with its loss (matryoshka, cached step, prompts)
@@ -33,6 +34,29 @@ from .model_card import bi_encoder_card, cross_encoder_card
 from .sampler import BatchFill, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler
 from .tokenizer import Truncation
 from .training import IN_BATCH_LOSSES
+
+
+# What one training dataset is: --data and its flags, or one --datasets entry.
+DATASET_KEYS = ("path", "name", "loss", "columns", "label_column", "limit", "prompts", "label_map")
+
+
+def dataset_specs(cfg, shipped: Path) -> list[dict]:
+    """One dict per training dataset (--data, or each --datasets entry; `shipped` without either) with every
+    DATASET_KEYS entry filled from the flags."""
+    if cfg.datasets is None:
+        path = cfg.data or str(shipped)
+        raw = [{"path": path, "columns": cfg.columns, "label_column": cfg.label_column, "limit": cfg.limit,
+                "label_map": cfg.label_map}]
+    else:
+        raw = cfg.datasets
+    specs = []
+    for d in raw:
+        spec = {k: d.get(k) for k in DATASET_KEYS}
+        spec["name"] = spec["name"] or Path(spec["path"]).stem
+        spec["loss"] = spec["loss"] or cfg.loss
+        spec["limit"] = spec["limit"] if spec["limit"] is not None else cfg.limit
+        specs.append(spec)
+    return specs
 
 
 def base_loss(cfg, loss: str) -> str:
