@@ -69,7 +69,6 @@ def loss_names(cfg, specs: list[dict]) -> list[str]:
     return [s["loss"] if s["loss"] != "matryoshka" else f"matryoshka({cfg.matryoshka_inner})" for s in specs]
 
 
-
 # ----------------------------------------------------------------------------------------------
 # output_dir: refuse another run's folder, claim this one; what a Ctrl-C says
 
@@ -104,7 +103,6 @@ def interrupted_says(where: dict):
         yield
     except KeyboardInterrupt:
         raise Interrupted(training.interrupted_message(where.get("output_dir"))) from None
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +198,6 @@ def truncation_line(truncation: Truncation, max_length: int) -> str:
     return f"truncation: none of the {truncation.total} training inputs exceeds max_length={max_length}"
 
 
-
 # ----------------------------------------------------------------------------------------------
 # model
 
@@ -242,7 +239,6 @@ def allow_tf32() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-
 # ----------------------------------------------------------------------------------------------
 # the loop: its state, the line that starts it, what follows each step
 
@@ -281,9 +277,9 @@ def run_line(cfg, tasks: list, total: int, warmup: int, sampler_name: str, world
             f"{cfg.lr_scheduler_type} schedule with {warmup} warmup steps")
 
 
-def log_evaluation(loop: training.LoopState, log: training.RunLog, metrics: dict, say, **extra) -> None:
-    log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), **extra, **metrics})
-    say(training.format_record({"step": loop.step, "epoch": loop.epoch_float, **extra, **metrics}, loop.total_steps))
+def log_evaluation(loop: training.LoopState, log: training.RunLog, metrics: dict, say) -> None:
+    log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), **metrics})
+    say(training.format_record({"step": loop.step, "epoch": loop.epoch_float, **metrics}, loop.total_steps))
 
 
 def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState, world, save_total_limit: int | None):
@@ -330,7 +326,6 @@ class Bookkeeping:
         if (cfg.save_steps and loop.step % cfg.save_steps == 0) or new_best:  # the best must be loadable at the end
             save_checkpoint(self.output_dir, self.model, self.optimizer, loop, self.world, cfg.save_total_limit)
         self.tick += time.perf_counter() - paused  # examples/s counts training time only
-
 
 
 # ----------------------------------------------------------------------------------------------
