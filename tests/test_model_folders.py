@@ -163,6 +163,7 @@ def test_a_training_run_whose_model_folder_is_deleted_after_loading_saves_its_ch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import train
+    from minisbert import run
 
     src = tmp_path / "model"
     shutil.copytree(tiny_model_dirs["bert"], src)
@@ -174,7 +175,7 @@ def test_a_training_run_whose_model_folder_is_deleted_after_loading_saves_its_ch
             shutil.rmtree(name_or_path)  # the --model folder is gone before the first step
             return model
 
-    monkeypatch.setattr(train, "BiEncoder", DeletedAfterLoading)
+    monkeypatch.setattr(run, "BiEncoder", DeletedAfterLoading)  # run.model_loader loads the model
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"anchor": f"question {i}", "positive": f"answer {i}"}) + "\n" for i in range(16)))
     train.main(train.TrainConfig(model=str(src), data=str(data), output_dir=str(tmp_path / "run"), eval_data=[], batch_size=4,

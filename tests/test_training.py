@@ -309,6 +309,57 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
 
 
+
+def test_loop_state_round_trips_through_its_state_file(tmp_path):
+    """torchtune's resume test at the unit level: state_dict() -> training_state.pt -> load_state_dict()
+    gives the same loop, optimizer and RNG, so the next step is the one the uninterrupted run takes
+    (test_train_e2e.py::test_resume_after_stop_is_bitwise_identical runs the whole loop that way)."""
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 2)
+        return model, training.make_optimizer(model, 1e-2, 0.01)
+
+    def step(model, optimizer, loop):
+        loss = model(torch.randn(3, 4)).square().mean()  # draws from the RNG the state restores
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loop.advance(loss.item(), 3, steps_in_epoch=4)
+        return loss.item()
+
+    model, optimizer = make()
+    loop = training.LoopState(8, 2, config=json.dumps({"loss": "mnrl"}), world_size=1)
+    loop.best = training.Best("eval_loss", greater_is_better=False)
+    for _ in range(3):
+        step(model, optimizer, loop)
+    loop.best.update({"eval_loss": 0.5}, loop.step)
+    loop.log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), "eval_loss": 0.5})
+    weights = {k: v.clone() for k, v in model.state_dict().items()}  # what checkpoint-3/ holds as an ST folder
+    state = loop.state_dict(optimizer, [training.rng_state()])
+    assert sorted(state) == sorted(training.LoopState.KEYS)
+    (tmp_path / "checkpoint-3").mkdir()
+    checkpoint.save_run_state(state, tmp_path / "checkpoint-3" / checkpoint.RUN_STATE_FILE)
+    expected = [step(model, optimizer, loop) for _ in range(2)]
+
+    resumed_model, resumed_optimizer = make()
+    resumed_model.load_state_dict(weights)
+    saved = checkpoint.load_run_state(tmp_path / "checkpoint-3", training.LoopState.KEYS)
+    resumed = training.LoopState(8, 2, config=saved["config"], world_size=1)
+    training.set_seed(123)  # the resume restores the RNG, whatever was drawn before it
+    resumed.load_state_dict(saved, resumed_optimizer)
+    again = resumed.state_dict(resumed_optimizer, [training.rng_state()])
+    for key in training.LoopState.KEYS:
+        if key not in ("optimizer", "rng"):
+            assert again[key] == saved[key], key
+    assert (resumed.step, resumed.epoch, resumed.epoch_step, resumed.best.value, resumed.best.step) == (3, 0, 3, 0.5, 3)
+    assert resumed.epoch_float == saved["log"][-1]["epoch"]
+    assert again["optimizer"]["param_groups"] == saved["optimizer"]["param_groups"]
+    for a, b in zip(again["optimizer"]["state"].values(), saved["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    assert [step(resumed_model, resumed_optimizer, resumed) for _ in range(2)] == expected  # bitwise: same RNG, same state
+    assert torch.equal(resumed_model.weight, model.weight) and resumed.state_dict(resumed_optimizer, [])["window"] == loop.window
+
 # ----------------------------------------------------------------------------------------------
 # best model, metric names, log
 
