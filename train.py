@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from minisbert import checkpoint, distributed, flags, run, training
+from minisbert import checkpoint, distributed, flags, run, run_state, training
 from minisbert.fast import kernels
 from minisbert.bi_encoder import BiEncoder
 from minisbert.data import load_dataset
@@ -278,7 +278,7 @@ def main(cfg: TrainConfig) -> dict:
         is_cross = check_losses(cfg, specs)
         output_dir = Path(cfg.output_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         resume_dir = run.check_output_dir(cfg, output_dir)
-        state = checkpoint.load_run_state(resume_dir, training.LoopState.KEYS) if resume_dir is not None else None
+        state = checkpoint.load_run_state(resume_dir, run_state.LoopState.KEYS) if resume_dir is not None else None
         resumed_config = check_resume(cfg, specs, state, resume_dir) if state is not None else {}
         world = distributed.init(cfg.device, cfg.ddp_timeout)  # rank, device, process group of a torchrun worker
         device = world.device
@@ -287,7 +287,7 @@ def main(cfg: TrainConfig) -> dict:
             allow_tf32()
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.dtype == "bf16" else contextlib.nullcontext()
         # Each process its own dropout stream; the batches come from the samplers' own seed, the same everywhere.
-        training.set_seed(cfg.seed + world.rank)
+        run_state.set_seed(cfg.seed + world.rank)
 
         # -------------------------------------------------------------- data: every file is read and checked here
         datasets = [load_dataset(s["path"], columns=s["columns"], label_column=s["label_column"], name=s["name"],
@@ -321,7 +321,7 @@ def main(cfg: TrainConfig) -> dict:
             model.prompts.update(prompts)
             say(f"training prompts, saved with the model: {prompts}")
         eval_data = cfg.eval_data if cfg.eval_data is not None else [f"nli-dev={SHIPPED_DEV}"] if cfg.data is None and cfg.datasets is None else []
-        evaluators = [training.make_evaluator(entry, is_cross, dims) for entry in eval_data]
+        evaluators = [run.make_evaluator(entry, is_cross, dims) for entry in eval_data]
         dev_task = run.make_dev_task(cfg, specs[0], model, guide, dims) if cfg.eval_dataset else None
         evaluate = functools.partial(training.evaluate, evaluators=evaluators, dev_task=dev_task, batch_size=cfg.batch_size,
                                      device=device, autocast=autocast) if evaluators or dev_task else None
@@ -339,7 +339,7 @@ def main(cfg: TrainConfig) -> dict:
         if world.main:  # every check has passed: from here on the run (its rank 0) writes to output_dir
             stack.enter_context(run.claim_output_dir(output_dir, resolved))
             where["output_dir"] = output_dir
-        log = training.RunLog(output_dir / "log.jsonl", loop.log) if world.main else None
+        log = run_state.RunLog(output_dir / "log.jsonl", loop.log) if world.main else None
 
         # -------------------------------------------------------------- the loop
         say(run.run_line(cfg, tasks, total, warmup, sampler_name, world))
@@ -355,11 +355,11 @@ def main(cfg: TrainConfig) -> dict:
                     loss = float(training.train_step(trained, tasks[d], rows, world=world, autocast=autocast,
                                                      loss_scale=1.0 / len(group), sync=i == len(group) - 1))
                     if not math.isfinite(loss):
-                        raise NonFiniteLoss(training.nonfinite_message(f"the loss is {loss}", loop.step + 1, tasks[d].name, output_dir))
+                        raise NonFiniteLoss(run_state.nonfinite_message(f"the loss is {loss}", loop.step + 1, tasks[d].name, output_dir))
                     step_loss += loss / len(group)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or math.inf))
                 if not math.isfinite(grad_norm):
-                    raise NonFiniteLoss(training.nonfinite_message(f"the gradient norm is {grad_norm}", loop.step + 1, None, output_dir))
+                    raise NonFiniteLoss(run_state.nonfinite_message(f"the gradient norm is {grad_norm}", loop.step + 1, None, output_dir))
                 for g in optimizer.param_groups:
                     g["lr"] = lr_at(loop.step)
                 optimizer.step()

@@ -148,7 +148,7 @@ def make_step(lib: str, *, loss: str = "mnrl", dtype: str = "fp32", batch_size: 
     # minisbert: the shipped step (training.train_step, as train.py calls it) + the optimizer step
     from minisbert import distributed, fast, losses, training
     from minisbert.bi_encoder import BiEncoder
-    from minisbert.collate import collate
+    from minisbert.training import collate
 
     model = BiEncoder.from_pretrained(path, max_length=MAX_LENGTH, device="cpu")
     loss_fn = training.column_loss("cached_mnrl" if loss == "cached_mnrl" else "mnrl")

@@ -125,7 +125,7 @@ def make_step(lib: str, device, prec: str, batch_rows: list[list[int]], mini: in
             return value
     else:
         from minisbert.bi_encoder import BiEncoder
-        from minisbert.collate import collate, tokenize_column
+        from minisbert.training import collate, tokenize_column
         from minisbert.gradcache import cached_step
 
         model = BiEncoder.from_pretrained(path, max_length=MAX_LENGTH, device=device)

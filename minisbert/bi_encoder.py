@@ -23,7 +23,6 @@ from .backbone import (
     quiet_transformers, set_checkpointing,
 )
 from .checkpoint import activation_from_path
-from .collate import trim_padding
 from .pooling import MODES, pool
 from .similarity import SIMILARITY_FUNCTIONS, pairwise_similarity, similarity
 from .tokenizer import Truncation, load_tokenizer
@@ -48,6 +47,20 @@ class Dense(nn.Module):
             "in_features": self.linear.in_features, "out_features": self.linear.out_features,
             "bias": self.linear.bias is not None, "activation_function": self.activation_function,
         }
+
+
+def trim_padding(features: dict) -> dict:
+    """Drop the trailing columns where no row has a token: {"attention_mask" (b, L), ...} -> (b, L') with L'
+    the end of the longest row. Rows cut from a batch (GradCache's chunks) keep the whole batch's width,
+    and a forward would carry those pad columns through pooling and its backward. Every (b, L) tensor is
+    cut alike; real tokens and their positions (also under left padding, whose trailing columns are all
+    real) are unchanged, so the embeddings are too."""
+    mask = features["attention_mask"]
+    used = mask.any(0).nonzero()  # (L' or fewer, 1)
+    width = int(used.max()) + 1 if used.numel() else mask.shape[1]
+    if width == mask.shape[1]:
+        return features
+    return {k: v[:, :width] if isinstance(v, torch.Tensor) and v.shape == mask.shape else v for k, v in features.items()}
 
 
 class BiEncoder(nn.Module):

@@ -423,7 +423,7 @@ def versions() -> dict:
 # What a failed write raises: OSError from Python's files, SafetensorError from safetensors (a full disk
 # while writing model.safetensors is "Error while serializing: I/O error: No space left on device").
 WRITE_ERRORS = (OSError, SafetensorError)
-# The training state's keys are training.LoopState.KEYS: the loop owns what it needs to resume.
+# The training state's keys are run_state.LoopState.KEYS: the loop owns what it needs to resume.
 RUN_STATE_FILE = "training_state.pt"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What killed saves leave in output_dir: atomic_dir's temporary folders (".checkpoint-8.tmp-x", and

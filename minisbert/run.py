@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, distributed, losses, training
+from . import checkpoint, distributed, evaluation, losses, run_state, training
 from .bi_encoder import BiEncoder
 from .cross_encoder import CrossEncoder
 from .data import load_dataset, resolve_prompt
@@ -102,7 +102,7 @@ def interrupted_says(where: dict):
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted(training.interrupted_message(where.get("output_dir"))) from None
+        raise Interrupted(run_state.interrupted_message(where.get("output_dir"))) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,19 +243,19 @@ def allow_tf32() -> None:
 # the loop: its state, the line that starts it, what follows each step
 
 
-def best_model(cfg, records: list[dict]) -> training.Best:
+def best_model(cfg, records: list[dict]) -> run_state.Best:
     """--metric_for_best_model, checked against the eval keys the run logged before its first step."""
-    metric = training.resolve_metric(cfg.metric_for_best_model, sorted({k for r in records for k in r if k.startswith("eval_")}))
-    return training.Best(metric, cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss"))
+    metric = run_state.resolve_metric(cfg.metric_for_best_model, sorted({k for r in records for k in r if k.startswith("eval_")}))
+    return run_state.Best(metric, cfg.greater_is_better if cfg.greater_is_better is not None else not metric.endswith("loss"))
 
 
 def loop_state(cfg, total: int, warmup: int, resolved: dict, world: distributed.World, model, optimizer, evaluate: Callable | None,
-               state: dict | None, resume_dir: Path | None, say) -> training.LoopState:
+               state: dict | None, resume_dir: Path | None, say) -> run_state.LoopState:
     """The loop's state at its first step: the checkpoint's when resuming (its RNG restored last), else a fresh
     one whose log starts with the evaluation before training (rank 0)."""
-    loop = training.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
+    loop = run_state.LoopState(total, warmup, config=json.dumps(resolved), world_size=world.world_size)
     if state is not None:
-        changed = training.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
+        changed = run_state.check_resumable(state, resume_dir, world.world_size, total, warmup, resolved)
         if changed:
             say(f"warning: resuming with settings that differ from the checkpoint's: {changed}")
         loop.log = list(state["log"])
@@ -277,14 +277,14 @@ def run_line(cfg, tasks: list, total: int, warmup: int, sampler_name: str, world
             f"{cfg.lr_scheduler_type} schedule with {warmup} warmup steps")
 
 
-def log_evaluation(loop: training.LoopState, log: training.RunLog, metrics: dict, say) -> None:
+def log_evaluation(loop: run_state.LoopState, log: run_state.RunLog, metrics: dict, say) -> None:
     log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), **metrics})
-    say(training.format_record({"step": loop.step, "epoch": loop.epoch_float, **metrics}, loop.total_steps))
+    say(run_state.format_record({"step": loop.step, "epoch": loop.epoch_float, **metrics}, loop.total_steps))
 
 
-def save_checkpoint(output_dir: Path, model, optimizer, loop: training.LoopState, world, save_total_limit: int | None):
+def save_checkpoint(output_dir: Path, model, optimizer, loop: run_state.LoopState, world, save_total_limit: int | None):
     """checkpoint-<step>/ of rank 0, with every process's RNG state (all processes must call it)."""
-    rng = world.all_gather_objects(training.rng_state())  # every process's RNG state, for an exact resume
+    rng = world.all_gather_objects(run_state.rng_state())  # every process's RNG state, for an exact resume
     if world.main:
         checkpoint.save_run_checkpoint(output_dir, loop.step, model, loop.state_dict(optimizer, rng))
         checkpoint.rotate_run_checkpoints(output_dir, save_total_limit, loop.best.step if loop.best else None)
@@ -299,14 +299,14 @@ class Bookkeeping:
     model: torch.nn.Module  # what is evaluated and saved: the model itself, not its DDP wrapper
     optimizer: torch.optim.Optimizer
     world: distributed.World
-    log: training.RunLog | None  # rank 0's log.jsonl
+    log: run_state.RunLog | None  # rank 0's log.jsonl
     bar: object  # the tqdm progress bar
     evaluate: Callable | None  # model -> eval metrics; None when the run has no evaluation
     say: Callable
     output_dir: Path
     tick: float = field(default_factory=time.perf_counter)  # when the training time being counted started
 
-    def step_done(self, loop: training.LoopState, step_loss: float, lr: float, grad_norm: float) -> None:
+    def step_done(self, loop: run_state.LoopState, step_loss: float, lr: float, grad_norm: float) -> None:
         """After loop.advance(): `lr` is the rate after this step, as transformers logs it."""
         cfg, total, elapsed = self.cfg, loop.total_steps, time.perf_counter() - self.tick
         self.bar.update(1)
@@ -314,7 +314,7 @@ class Bookkeeping:
         if self.world.main and ((cfg.logging_steps and loop.step % cfg.logging_steps == 0) or loop.step == total):
             record = loop.take_window(lr, grad_norm, elapsed)
             self.log.append(record)
-            self.say(training.format_record(record, total))
+            self.say(run_state.format_record(record, total))
             self.tick = time.perf_counter()
         paused, new_best = time.perf_counter(), False
         if cfg.eval_steps and loop.step % cfg.eval_steps == 0 and loop.step < total and self.evaluate is not None:
@@ -332,7 +332,7 @@ class Bookkeeping:
 # the end: the best model, the final evaluation, final/
 
 
-def say_before_after(log: training.RunLog, final: dict, say) -> None:
+def say_before_after(log: run_state.RunLog, final: dict, say) -> None:
     first = next((r for r in log.records if r["step"] == 0 and "loss" not in r), {})
     width = max(len(k) for k in final) + 2
     say("metric".ljust(width) + "before".rjust(10) + "after".rjust(10))
@@ -340,7 +340,7 @@ def say_before_after(log: training.RunLog, final: dict, say) -> None:
         say(k.ljust(width) + (f"{first[k]:10.4f}" if k in first else " " * 10) + f"{v:10.4f}")
 
 
-def evaluate_at_end(model, loop: training.LoopState, log: training.RunLog, evaluate: Callable, load: Callable,
+def evaluate_at_end(model, loop: run_state.LoopState, log: run_state.RunLog, evaluate: Callable, load: Callable,
                     output_dir: Path, say) -> tuple[torch.nn.Module, dict]:
     """The final evaluation; with --metric_for_best_model, of the best checkpoint when that is not the
     last step. Returns the model to save (the best one) and its metrics."""
@@ -372,3 +372,38 @@ def save_final(cfg, model, metrics: dict, base_model: str, specs: list[dict], ta
         return model.save_pretrained(output_dir / "final", model_card=card)
     except checkpoint.WRITE_ERRORS as e:  # disk full, permissions: the checkpoints stay, nothing half-written
         raise SaveError(checkpoint.save_failed_message(output_dir / "final", e, output_dir)) from e
+
+
+def make_evaluator(entry: str, cross: bool, dims):
+    """`[name=]path` -> the evaluator that reads that layout (see train.py --eval_data)."""
+    name, path = (entry.split("=", 1) if "=" in entry and not Path(entry).exists() else (None, entry))
+    path = Path(path)
+    name = name or path.stem
+    if not path.exists():
+        raise ConfigError(f"--eval_data {entry}: {path} does not exist")
+    dims_kw = {} if cross else {"matryoshka_dims": dims}
+    if path.is_dir() and (path / "corpus.jsonl").exists():
+        if cross:
+            raise ConfigError(f"--eval_data {entry}: a BEIR retrieval folder evaluates bi-encoders; use reranking samples")
+        split = "dev" if (path / "qrels" / "dev.tsv").exists() else "test"
+        return evaluation.RetrievalEvaluator.from_beir(path, split, name=name, **dims_kw)
+    if path.is_dir():
+        path = evaluation.split_file(path, "dev" if any(path.glob("dev.*")) else "test")
+    rows = evaluation.read_rows(path)
+    if not rows:
+        raise ConfigError(f"--eval_data {entry}: {path} has no rows")
+    keys = set(rows[0])
+    if {"query", "positive"} <= keys and ("negative" in keys or "documents" in keys):
+        if cross:
+            return evaluation.CrossEncoderRerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
+        return evaluation.RerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
+    if cross:
+        raise ConfigError(f"--eval_data {entry}: a cross-encoder is evaluated on reranking samples "
+                          f"(query, positive, negative lists); {path} has columns {sorted(keys)}")
+    if {"anchor", "positive", "negative"} <= keys:
+        return evaluation.TripletEvaluator.from_file(path, name=name, **dims_kw)
+    if {"sentence1", "sentence2"} <= keys and ({"score"} & keys):
+        return evaluation.STSEvaluator.from_file(path, name=name, **dims_kw)
+    raise ConfigError(f"--eval_data {entry}: cannot tell the evaluator from the columns {sorted(keys)} of {path}; expected "
+                      "anchor/positive/negative (triplets), sentence1/sentence2/score (STS), query/positive/negative lists "
+                      "(reranking) or a BEIR folder")

@@ -1,47 +1,38 @@
-"""The training step and the pieces train.py's loop is made of; train.py reads top to bottom around them.
+"""One training step and the pieces it is made of; train.py's loop calls them, run_state.py keeps the
+loop's state between steps, run.py builds a run from its config.
 
     column losses      which embedding columns go where in each --loss, and what data each one needs
-    optimizer          AdamW with weight decay off for biases and norm weights (transformers' rule)
+    optimizer          torch.optim.AdamW, weight decay off for biases and norm weights (transformers' rule)
     LR schedule        warmup, then linear / cosine / constant, as a pure function of the step
+    tokenized columns  every text column tokenized once, up front (TokenizedColumn); collate pads a batch's rows
     the step           Task (a dataset tokenized once, with its loss) -> make_batch -> train_step:
                        forward, loss, backward of one micro-batch, plain or cached (GradCache); dev_loss
     steps per epoch    sampler batches -> optimizer steps (accumulation); the batches are global,
                        each process takes its share of them (distributed.World.shard)
-    LoopState          step, sampler position, log, best, RNG states: state_dict() is the run
-                       checkpoint's training_state.pt (written by checkpoint.save_run_checkpoint)
-    best model         metric_for_best_model, validated against the keys the evaluators return
-    log                log.jsonl, one JSON object per logging step and per evaluation
-    evaluation         --eval_data entries -> evaluators, and one evaluation of the model
-    messages           what a stopped run says: where its last checkpoint is and how to continue
+    evaluation         the evaluators' metrics and the dev loss during training
 
 Nothing here imports train.py; the model is only saved and loaded through its own methods.
 Shapes: B rows of a micro-batch (b: this process's share), D embedding width, K columns.
 """
-
 from __future__ import annotations
 
 import contextlib
 import functools
 import inspect
-import json
 import math
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from . import distributed, evaluation, gradcache, losses
+from . import distributed, gradcache, losses
 from .fast import kernels
-from .checkpoint import run_checkpoints, write_run_file
-from .collate import TokenizedColumn, collate, tokenize_column, tokenize_pairs
 from .cross_encoder import CrossEncoder
 from .errors import ConfigError
+from .tokenizer import Truncation, prompt_length, tokenize
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,6 +214,88 @@ def lr_multiplier(schedule: str, step: int, total_steps: int, warmup_steps: int)
 
 
 # ----------------------------------------------------------------------------------------------
+# tokenized columns: every text column tokenized once, up front (unpadded, truncated to max_length,
+# one flat int array plus row offsets); a batch only gathers its rows and pads them to its longest,
+# which is what BiEncoder.tokenize / CrossEncoder.tokenize give for the same texts (tests pin it).
+# Plain values, never a model: the tokenizer, the max length and the model's `input_names`.
+# Shapes: b rows of a batch, L the longest row of the batch.
+
+
+@dataclass
+class TokenizedColumn:
+    """Unpadded token ids of N rows: row i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: np.ndarray  # (total tokens,) int64
+    type_ids: np.ndarray | None  # (total tokens,) token_type_ids, or None when the model takes none
+    offsets: np.ndarray  # (N + 1,) int64
+    keys: tuple[str, ...]  # the features the model's forward takes: input_ids, attention_mask[, token_type_ids]
+    pad_id: int
+    pad_type_id: int
+    padding_side: str
+    prompt_length: int = 0  # tokens of the training prompt (bi-encoders; pooling may exclude them)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _pack(encoded, input_names, tokenizer, prompt_tokens: int) -> TokenizedColumn:
+    keys = tuple(k for k in input_names if k in encoded)  # (B, L) features the tokenizer gives and the model takes
+    rows = encoded["input_ids"]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = lambda lists: np.fromiter((t for r in lists for t in r), dtype=np.int64, count=int(offsets[-1]))  # noqa: E731
+    type_ids = flat(encoded["token_type_ids"]) if "token_type_ids" in keys else None
+    return TokenizedColumn(
+        ids=flat(rows), type_ids=type_ids, offsets=offsets, keys=keys,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        pad_type_id=getattr(tokenizer, "pad_token_type_id", 0), padding_side=tokenizer.padding_side,
+        prompt_length=prompt_tokens,
+    )
+
+
+def tokenize_column(tokenizer, texts, *, max_length: int, input_names, prompt: str | None = None,
+                    truncation: Truncation | None = None) -> TokenizedColumn:
+    """One text column of a bi-encoder's data, with the training prompt prepended (as ST's collator):
+    `tokenize_column(model.tokenizer, texts, max_length=model.max_length, input_names=model.input_names)`."""
+    if prompt:
+        texts = [prompt + t for t in texts]
+    encoded = tokenize(tokenizer, list(texts), max_length=max_length, truncation=truncation)
+    return _pack(encoded, input_names, tokenizer, prompt_length(tokenizer, prompt))
+
+
+def tokenize_pairs(tokenizer, queries, documents, *, max_length: int, input_names,
+                   truncation: Truncation | None = None) -> TokenizedColumn:
+    """(query, document) pairs for a cross-encoder: one column of joint inputs."""
+    encoded = tokenize(tokenizer, list(queries), list(documents), max_length=max_length, truncation=truncation)
+    return _pack(encoded, input_names, tokenizer, 0)
+
+
+def collate(column: TokenizedColumn, indices) -> dict:
+    """Rows `indices` of a column, padded to their longest: {"input_ids" (b, L), "attention_mask" (b, L), ...}."""
+    indices = np.asarray(indices, dtype=np.int64)
+    starts, ends = column.offsets[indices], column.offsets[indices + 1]
+    lengths = ends - starts  # (b,)
+    b, L = len(indices), int(lengths.max()) if len(indices) else 0
+    input_ids = np.full((b, L), column.pad_id, dtype=np.int64)
+    mask = np.zeros((b, L), dtype=np.int64)
+    type_ids = np.full((b, L), column.pad_type_id, dtype=np.int64) if column.type_ids is not None else None
+    for r, (s, e, n) in enumerate(zip(starts, ends, lengths)):
+        cols = slice(0, n) if column.padding_side == "right" else slice(L - n, L)
+        input_ids[r, cols] = column.ids[s:e]
+        mask[r, cols] = 1
+        if type_ids is not None:
+            type_ids[r, cols] = column.type_ids[s:e]
+    arrays = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
+    features = {k: torch.from_numpy(arrays[k]) for k in column.keys}
+    features["prompt_length"] = column.prompt_length
+    return features
+
+
+# ----------------------------------------------------------------------------------------------
 # the step: a Task (one dataset, tokenized once) -> make_batch -> train_step
 
 
@@ -310,18 +383,25 @@ def train_step(model: torch.nn.Module, task: Task, rows: list[int], *, world: di
     all-gathers the outputs (with grad) and labels before the loss, so every process computes the loss
     of the whole batch. DDP all-reduces the gradients only when `sync` (the last micro-batch of a step).
     """
-    mine, sizes = world.shard(rows)
-    columns, labels, loss_fn = make_batch(task, mine, device=world.device, autocast=autocast, world=world,
-                                          sizes=sizes, batch=rows)
-    if task.mini_batch_size:  # the cached step: embed without graph, loss, replay chunk by chunk
+    if world.distributed:  # this process's share of the batch; the loss all-gathers the outputs (distributed.py)
+        mine, sizes = world.shard(rows)
+        columns, labels, loss_fn = make_batch(task, mine, device=world.device, autocast=autocast, world=world,
+                                              sizes=sizes, batch=rows)
+    else:
+        columns, labels, loss_fn = make_batch(task, rows, device=world.device, autocast=autocast)
+    embed = functools.partial(_embed, model, autocast=autocast)
+    if task.mini_batch_size:  # the cached step (gradcache.py): embed without graph, loss, replay chunk by chunk
+        if not world.distributed:
+            return gradcache.cached_step(embed, columns, loss_fn, task.mini_batch_size, labels=labels, loss_scale=loss_scale)
         replays = sum(len(r) for r in gradcache.plan(columns, task.mini_batch_size))  # forwards with grad
-        forward = distributed.SyncLastForward(model, functools.partial(_embed, model, autocast=autocast), replays, sync)
+        forward = distributed.SyncLastForward(model, embed, replays, sync)  # DDP all-reduces in the last replay only
         loss = gradcache.cached_step(forward, columns, loss_fn, task.mini_batch_size, labels=labels, loss_scale=loss_scale)
         forward.check()
         return loss
-    with distributed.sync_gradients(model, sync):
-        # A bi-encoder embeds all columns in one padding-free pass (BiEncoder.forward of a list).
-        outputs = [_embed(model, c, autocast) for c in columns] if task.cross else _embed(model, columns, autocast)
+    # DDP all-reduces the gradients only in the step's last micro-batch (`sync`); one process has nothing to sync.
+    with distributed.sync_gradients(model, sync) if world.distributed else contextlib.nullcontext():
+        # A bi-encoder embeds all columns in one pass (BiEncoder.forward of a list: padding-free on the fast path).
+        outputs = [embed(c) for c in columns] if task.cross else embed(columns)  # K x (B, D), or K x (B, 1) logits
         loss = loss_fn(outputs, labels)
         (loss * loss_scale).backward()
     return loss.detach()
@@ -366,223 +446,7 @@ def epoch_steps(schedule, epoch: int, accumulation: int) -> list[list[tuple[int,
 
 
 # ----------------------------------------------------------------------------------------------
-# RNG states (torch CPU + CUDA, numpy, python) as tensors and primitives
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-
-
-# ----------------------------------------------------------------------------------------------
-# best model
-
-
-def resolve_metric(name: str, available: list[str]) -> str:
-    """The eval key `name` refers to (with or without the "eval_" prefix), or a ConfigError listing them."""
-    key = name if name.startswith("eval_") else f"eval_{name}"
-    if key not in available:
-        listed = ", ".join(available) if available else "none: give --eval_data or --eval_dataset"
-        raise ConfigError(f"--metric_for_best_model {name!r} is not a metric of this run's evaluation; available: {listed}")
-    return key
-
-
-@dataclass
-class Best:
-    """The best value of one eval metric so far and the step it was reached at."""
-
-    metric: str
-    greater_is_better: bool
-    value: float | None = None
-    step: int | None = None
-
-    def update(self, metrics: dict, step: int) -> bool:
-        """Record metrics[metric] at `step`; True when it is a new best (ties keep the earlier step)."""
-        v = float(metrics[self.metric])
-        better = self.value is None or (v > self.value if self.greater_is_better else v < self.value)
-        if better and math.isfinite(v):
-            self.value, self.step = v, step
-            return True
-        return False
-
-    def state(self) -> dict:
-        return {"metric": self.metric, "greater_is_better": self.greater_is_better, "value": self.value, "step": self.step}
-
-
-# ----------------------------------------------------------------------------------------------
-# log.jsonl
-
-
-class RunLog:
-    """Records of the run in memory (they travel in the training state) and in output_dir/log.jsonl.
-
-    `records` is appended to in place: pass LoopState.log, and the next checkpoint saves what was logged."""
-
-    def __init__(self, path: Path, records: list[dict] | None = None):
-        self.path = Path(path)
-        self.records = records if records is not None else []
-        write_run_file(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-
-    def append(self, record: dict) -> None:
-        self.records.append(record)
-        write_run_file(self.path, json.dumps(record) + "\n", append=True)
-
-
-
-def format_record(record: dict, total_steps: int) -> str:
-    """One human line: `step 10/375 | epoch 0.08 | loss 1.2345 | lr 4.87e-05 | ...`."""
-    parts = [f"step {record['step']}/{total_steps}", f"epoch {record['epoch']:.2f}"]
-    for k, v in record.items():
-        if k in ("step", "epoch"):
-            continue
-        parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
-    return " | ".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------
-# LoopState: where the loop is, and the one resume contract
-
-
-@dataclass
-class LoopState:
-    """Everything the loop needs to continue exactly where it stopped; `state_dict()` is training_state.pt.
-
-    window: sums since the last logged step (loss_sum, steps, examples) and over the run (total_loss_sum).
-    """
-
-    total_steps: int
-    warmup_steps: int
-    config: str = "{}"  # the resolved TrainConfig as JSON: a resumed run checks that it continues this one
-    world_size: int = 1
-    step: int = 0  # optimizer steps taken
-    epoch: int = 0
-    epoch_step: int = 0  # optimizer steps taken in `epoch`: the samplers' position
-    examples_seen: int = 0
-    window: dict = field(default_factory=lambda: {"loss_sum": 0.0, "steps": 0, "examples": 0, "total_loss_sum": 0.0})
-    log: list[dict] = field(default_factory=list)  # log.jsonl's records
-    best: Best | None = None
-    epoch_float: float = 0.0  # epoch + its fraction done, as logged; not saved (a resumed run reads it from the log)
-
-    FORMAT: ClassVar[int] = 1
-    # The keys of training_state.pt. optimizer: its state_dict(); rng: one rng_state() per process, by rank.
-    KEYS: ClassVar[tuple[str, ...]] = ("format", "step", "epoch", "epoch_step", "total_steps", "warmup_steps", "optimizer",
-                                       "rng", "log", "best", "window", "examples_seen", "config", "world_size")
-
-    def state_dict(self, optimizer, rng: list[dict]) -> dict:
-        """The training state at this step: this loop's fields, the optimizer's state and every process's RNG."""
-        return {"format": self.FORMAT, "step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step,
-                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "optimizer": optimizer.state_dict(),
-                "rng": rng, "log": self.log, "best": self.best.state() if self.best else None, "window": dict(self.window),
-                "examples_seen": self.examples_seen, "config": self.config, "world_size": self.world_size}
-
-    def load_state_dict(self, state: dict, optimizer, rank: int = 0) -> None:
-        """Continue from `state` (which check_resumable accepted): the loop's fields, the optimizer, and this
-        process's RNG state last: nothing before the loop may draw random numbers after this."""
-        optimizer.load_state_dict(state["optimizer"])
-        self.step, self.epoch, self.epoch_step = state["step"], state["epoch"], state["epoch_step"]
-        self.examples_seen, self.window, self.log = state["examples_seen"], dict(state["window"]), list(state["log"])
-        self.epoch_float = self.log[-1]["epoch"] if self.log else 0.0
-        if state["best"] is not None:
-            self.best = Best(**state["best"])
-        set_rng_state(state["rng"][rank])
-
-    def advance(self, loss: float, examples: int, steps_in_epoch: int) -> None:
-        """One optimizer step done: its mean micro-batch `loss`, the rows it trained on."""
-        self.step += 1
-        self.epoch_step += 1
-        self.examples_seen += examples
-        self.window["examples"] += examples
-        self.window["loss_sum"] += loss
-        self.window["total_loss_sum"] += loss
-        self.window["steps"] += 1
-        self.epoch_float = self.epoch + self.epoch_step / steps_in_epoch
-
-    def take_window(self, lr: float, grad_norm: float, elapsed: float) -> dict:
-        """The log record of the steps since the last one (mean loss, examples/s); starts a new window."""
-        record = {"step": self.step, "epoch": round(self.epoch_float, 4), "loss": self.window["loss_sum"] / self.window["steps"],
-                  "lr": lr, "grad_norm": grad_norm, "examples_per_second": round(self.window["examples"] / max(elapsed, 1e-9), 2)}
-        self.window.update(loss_sum=0.0, steps=0, examples=0)
-        return record
-
-
-def check_resumable(state: dict, resume_dir: Path, world_size: int, total_steps: int, warmup_steps: int,
-                    config: dict) -> list[str]:
-    """A ConfigError unless `state` can continue with this many processes and steps; returns the settings
-    that differ from the checkpoint's (a warning, not an error)."""
-    if state["world_size"] != world_size:
-        raise ConfigError(
-            f"--resume {resume_dir}: that run had {state['world_size']} process(es), this one has {world_size}; "
-            f"resume with the same number (torchrun --nproc_per_node ...), as each process's RNG state is restored"
-        )
-    if (state["total_steps"], state["warmup_steps"]) != (total_steps, warmup_steps):
-        raise ConfigError(
-            f"--resume {resume_dir}: that run scheduled {state['total_steps']} steps ({state['warmup_steps']} warmup), "
-            f"these settings give {total_steps} ({warmup_steps}); resume with the same data, batch size, epochs and max_steps"
-        )
-    saved = json.loads(state["config"])
-    return sorted(k for k, v in saved.items() if k not in ("resume", "disable_tqdm") and config.get(k) != v)
-
-
-# ----------------------------------------------------------------------------------------------
-# evaluation
-
-
-def make_evaluator(entry: str, cross: bool, dims):
-    """`[name=]path` -> the evaluator that reads that layout (see train.py --eval_data)."""
-    name, path = (entry.split("=", 1) if "=" in entry and not Path(entry).exists() else (None, entry))
-    path = Path(path)
-    name = name or path.stem
-    if not path.exists():
-        raise ConfigError(f"--eval_data {entry}: {path} does not exist")
-    dims_kw = {} if cross else {"matryoshka_dims": dims}
-    if path.is_dir() and (path / "corpus.jsonl").exists():
-        if cross:
-            raise ConfigError(f"--eval_data {entry}: a BEIR retrieval folder evaluates bi-encoders; use reranking samples")
-        split = "dev" if (path / "qrels" / "dev.tsv").exists() else "test"
-        return evaluation.RetrievalEvaluator.from_beir(path, split, name=name, **dims_kw)
-    if path.is_dir():
-        path = evaluation.split_file(path, "dev" if any(path.glob("dev.*")) else "test")
-    rows = evaluation.read_rows(path)
-    if not rows:
-        raise ConfigError(f"--eval_data {entry}: {path} has no rows")
-    keys = set(rows[0])
-    if {"query", "positive"} <= keys and ("negative" in keys or "documents" in keys):
-        if cross:
-            return evaluation.CrossEncoderRerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
-        return evaluation.RerankingEvaluator(evaluation.read_rerank_samples(path), name=name)
-    if cross:
-        raise ConfigError(f"--eval_data {entry}: a cross-encoder is evaluated on reranking samples "
-                          f"(query, positive, negative lists); {path} has columns {sorted(keys)}")
-    if {"anchor", "positive", "negative"} <= keys:
-        return evaluation.TripletEvaluator.from_file(path, name=name, **dims_kw)
-    if {"sentence1", "sentence2"} <= keys and ({"score"} & keys):
-        return evaluation.STSEvaluator.from_file(path, name=name, **dims_kw)
-    raise ConfigError(f"--eval_data {entry}: cannot tell the evaluator from the columns {sorted(keys)} of {path}; expected "
-                      "anchor/positive/negative (triplets), sentence1/sentence2/score (STS), query/positive/negative lists "
-                      "(reranking) or a BEIR folder")
+# evaluation during training
 
 
 @torch.no_grad()
@@ -598,28 +462,3 @@ def evaluate(model, evaluators: list, dev_task: Task | None, *, batch_size: int,
         metrics["eval_loss"] = dev_loss(model, dev_task, batch_size, device=device, autocast=autocast)
     model.train(was_training)
     return metrics
-
-
-# ----------------------------------------------------------------------------------------------
-# messages of a stopped run
-
-
-def interrupted_message(output_dir: Path | None) -> str:
-    """Ctrl-C: the last complete checkpoint and the command that resumes from it."""
-    if output_dir is None:
-        return "interrupted before training started; nothing was written"
-    found = run_checkpoints(output_dir)
-    if not found:
-        return (f"interrupted; no checkpoint was saved yet in {output_dir} (lower --save_steps to save sooner); "
-                "run the same command again to start over")
-    return (f"interrupted; the last complete checkpoint is {found[-1][1]}. Continue with: python train.py --config "
-            f"{Path(output_dir) / 'train_config.json'} --resume latest")
-
-
-def nonfinite_message(what: str, step: int, dataset: str | None, output_dir: Path) -> str:
-    """A NaN/inf loss or gradient norm: where, what to try, and the last good checkpoint."""
-    found = run_checkpoints(output_dir)
-    last = f"the last good checkpoint is {found[-1][1]}" if found else "no checkpoint was saved yet"
-    where = f" on dataset {dataset!r}" if dataset else ""
-    return (f"training stopped at step {step}{where}: {what}. Try a lower --learning_rate, --dtype fp32 or "
-            f"--max_grad_norm 1.0; {last}")

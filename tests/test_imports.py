@@ -16,7 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "minisbert"
 # The reference path: complete and readable without minisbert.fast (transitively).
 REFERENCE = ("minisbert.bert", "minisbert.modernbert", "minisbert.pooling", "minisbert.losses", "minisbert.gradcache",
-             "minisbert.backbone")
+             "minisbert.backbone", "minisbert.similarity", "minisbert.sampler", "minisbert.tokenizer", "minisbert.data",
+             "minisbert.checkpoint", "minisbert.run_state")
 FAST = "minisbert.fast"
 ALIASES = ("minisbert.kernels", "minisbert.packing")  # deprecated aliases, for users only
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from minisbert import BiEncoder, CrossEncoder, ModelLoadError, checkpoint, training
+from minisbert import BiEncoder, CrossEncoder, ModelLoadError, checkpoint, run_state
 from minisbert.bi_encoder import Dense
 from minisbert.checkpoint import atomic_dir
 
@@ -119,7 +119,7 @@ def test_a_failed_save_over_a_model_folder_leaves_it_and_the_users_files_as_they
 
 def test_checkpoints_keep_the_users_files_and_refuse_a_folder_that_is_not_a_checkpoint(tiny_model_dirs, tmp_path):
     model = BiEncoder.from_pretrained(tiny_model_dirs["bert"])
-    state = {k: 0 for k in training.LoopState.KEYS}
+    state = {k: 0 for k in run_state.LoopState.KEYS}
     first = checkpoint.save_run_checkpoint(tmp_path, 4, model, state)
     (first / "eval_notes.txt").write_text("dev 0.61\n")
     again = checkpoint.save_run_checkpoint(tmp_path, 4, model, {**state, "step": 4})
@@ -144,7 +144,7 @@ def test_a_model_saves_after_its_source_folder_is_deleted(minilm_path, tiny_clas
     shutil.rmtree(src)
     assert not src.exists()
     model.save_pretrained(tmp_path / "saved")
-    checkpoint.save_run_checkpoint(tmp_path / "run", 1, model, {k: 0 for k in training.LoopState.KEYS})
+    checkpoint.save_run_checkpoint(tmp_path / "run", 1, model, {k: 0 for k in run_state.LoopState.KEYS})
     for folder in (tmp_path / "saved", tmp_path / "run" / "checkpoint-1"):
         assert np.abs(BiEncoder.from_pretrained(folder).encode(TEXTS) - expected).max() <= 1e-6
     assert np.abs(st().SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(TEXTS) - expected).max() <= 1e-5
@@ -379,7 +379,7 @@ def test_saved_folders_get_the_umasks_permissions_as_st_gives_them(tiny_model_di
     try:
         model = BiEncoder.from_pretrained(tiny_model_dirs["bert"], normalize=True)
         model.save_pretrained(tmp_path / "ours")
-        checkpoint.save_run_checkpoint(tmp_path / "run", 2, model, {k: 0 for k in training.LoopState.KEYS})
+        checkpoint.save_run_checkpoint(tmp_path / "run", 2, model, {k: 0 for k in run_state.LoopState.KEYS})
         STm.SentenceTransformer(str(tmp_path / "ours"), device="cpu").save(str(tmp_path / "st"))
     finally:
         os.umask(old)

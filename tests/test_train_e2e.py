@@ -27,7 +27,7 @@ import train  # noqa: E402
 from train import TrainConfig, main  # noqa: E402
 
 from capabilities import needs_fast  # noqa: E402
-from minisbert import checkpoint, errors, losses, training  # noqa: E402
+from minisbert import checkpoint, errors, losses, run, run_state, training  # noqa: E402
 from minisbert.data import load_dataset  # noqa: E402
 from minisbert.sampler import NoDuplicatesBatchSampler  # noqa: E402
 
@@ -191,7 +191,7 @@ def test_checkpoint_folder_is_an_st_model_plus_one_state_file(straight_run):
     assert (folder / "modules.json").is_file() and (folder / "model.safetensors").is_file()
     assert {p.name for p in folder.iterdir()} - {"training_state.pt"} == {p.name for p in (Path(straight_run.output_dir) / "final").iterdir()}
     state = torch.load(folder / checkpoint.RUN_STATE_FILE, weights_only=True)
-    assert sorted(state) == sorted(training.LoopState.KEYS)
+    assert sorted(state) == sorted(run_state.LoopState.KEYS)
     assert state["step"] == 10 and state["total_steps"] == 20 and state["warmup_steps"] == 2
     assert [r["step"] for r in state["log"]] == list(range(1, 11))
     saved = json.loads((Path(straight_run.output_dir) / "train_config.json").read_text())
@@ -474,12 +474,12 @@ def test_eval_data_layouts_pick_their_evaluator(models, data, tmp_path):
                 "beir": (beir, evaluation.RetrievalEvaluator, "trip_cosine_ndcg@10"),
                 "rerank": (rerank, evaluation.RerankingEvaluator, "trip_ndcg@10")}
     for path, cls, key in expected.values():
-        evaluator = training.make_evaluator(f"trip={path}", False, None)
+        evaluator = run.make_evaluator(f"trip={path}", False, None)
         assert type(evaluator) is cls and key in evaluator(model)
-    dims = training.make_evaluator(str(data["triplets"]), False, [32, 16])(model)
+    dims = run.make_evaluator(str(data["triplets"]), False, [32, 16])(model)
     assert set(dims) == {"triplets_dim_32_cosine_accuracy", "triplets_dim_16_cosine_accuracy"}
     with pytest.raises(errors.ConfigError, match="cannot tell the evaluator from the columns"):
-        training.make_evaluator(str(data["pairs"]), False, None)
+        run.make_evaluator(str(data["pairs"]), False, None)
 
     cfg = config(models, data, tmp_path / "ce", loss="listwise", max_steps=3, eval_data=[f"rr={rerank}"],
                  metric_for_best_model="rr_ndcg@10")

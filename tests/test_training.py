@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from minisbert import checkpoint, errors, losses, training
+from minisbert import checkpoint, errors, losses, run_state, training
+from minisbert.bi_encoder import trim_padding
 from minisbert.fast import kernels
-from minisbert.collate import collate, tokenize_column, tokenize_pairs, trim_padding
+from minisbert.training import collate, tokenize_column, tokenize_pairs
 
 
 @pytest.fixture(scope="module")
@@ -246,12 +247,12 @@ def test_default_matryoshka_dims():
 
 
 def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
-    training.set_seed(3)
-    state = training.rng_state()
+    run_state.set_seed(3)
+    state = run_state.rng_state()
     torch.save(state, tmp_path / "rng.pt")
     expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
-    training.set_seed(99)
-    training.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    run_state.set_seed(99)
+    run_state.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert [random.random() for _ in range(3)] == expected[2]
@@ -266,7 +267,7 @@ class _Saver:
 
 
 def _state(step):
-    return {k: None for k in training.LoopState.KEYS} | {"step": step, "log": [{"step": step, "loss": 1.5}], "format": 1}
+    return {k: None for k in run_state.LoopState.KEYS} | {"step": step, "log": [{"step": step, "loss": 1.5}], "format": 1}
 
 
 def test_checkpoints_latest_and_rotation_that_keeps_the_best(tmp_path):
@@ -329,27 +330,27 @@ def test_loop_state_round_trips_through_its_state_file(tmp_path):
         return loss.item()
 
     model, optimizer = make()
-    loop = training.LoopState(8, 2, config=json.dumps({"loss": "mnrl"}), world_size=1)
-    loop.best = training.Best("eval_loss", greater_is_better=False)
+    loop = run_state.LoopState(8, 2, config=json.dumps({"loss": "mnrl"}), world_size=1)
+    loop.best = run_state.Best("eval_loss", greater_is_better=False)
     for _ in range(3):
         step(model, optimizer, loop)
     loop.best.update({"eval_loss": 0.5}, loop.step)
     loop.log.append({"step": loop.step, "epoch": round(loop.epoch_float, 4), "eval_loss": 0.5})
     weights = {k: v.clone() for k, v in model.state_dict().items()}  # what checkpoint-3/ holds as an ST folder
-    state = loop.state_dict(optimizer, [training.rng_state()])
-    assert sorted(state) == sorted(training.LoopState.KEYS)
+    state = loop.state_dict(optimizer, [run_state.rng_state()])
+    assert sorted(state) == sorted(run_state.LoopState.KEYS)
     (tmp_path / "checkpoint-3").mkdir()
     checkpoint.save_run_state(state, tmp_path / "checkpoint-3" / checkpoint.RUN_STATE_FILE)
     expected = [step(model, optimizer, loop) for _ in range(2)]
 
     resumed_model, resumed_optimizer = make()
     resumed_model.load_state_dict(weights)
-    saved = checkpoint.load_run_state(tmp_path / "checkpoint-3", training.LoopState.KEYS)
-    resumed = training.LoopState(8, 2, config=saved["config"], world_size=1)
-    training.set_seed(123)  # the resume restores the RNG, whatever was drawn before it
+    saved = checkpoint.load_run_state(tmp_path / "checkpoint-3", run_state.LoopState.KEYS)
+    resumed = run_state.LoopState(8, 2, config=saved["config"], world_size=1)
+    run_state.set_seed(123)  # the resume restores the RNG, whatever was drawn before it
     resumed.load_state_dict(saved, resumed_optimizer)
-    again = resumed.state_dict(resumed_optimizer, [training.rng_state()])
-    for key in training.LoopState.KEYS:
+    again = resumed.state_dict(resumed_optimizer, [run_state.rng_state()])
+    for key in run_state.LoopState.KEYS:
         if key not in ("optimizer", "rng"):
             assert again[key] == saved[key], key
     assert (resumed.step, resumed.epoch, resumed.epoch_step, resumed.best.value, resumed.best.step) == (3, 0, 3, 0.5, 3)
@@ -365,21 +366,21 @@ def test_loop_state_round_trips_through_its_state_file(tmp_path):
 
 
 def test_best_tracking_and_metric_names():
-    best = training.Best("eval_loss", greater_is_better=False)
+    best = run_state.Best("eval_loss", greater_is_better=False)
     assert best.update({"eval_loss": 2.0}, 1) and not best.update({"eval_loss": 2.0}, 2) and best.update({"eval_loss": 1.0}, 3)
     assert (best.value, best.step) == (1.0, 3)
     assert not best.update({"eval_loss": float("nan")}, 4) and best.step == 3
-    assert training.resolve_metric("dev_cosine_accuracy", ["eval_dev_cosine_accuracy"]) == "eval_dev_cosine_accuracy"
-    assert training.resolve_metric("eval_loss", ["eval_loss"]) == "eval_loss"
+    assert run_state.resolve_metric("dev_cosine_accuracy", ["eval_dev_cosine_accuracy"]) == "eval_dev_cosine_accuracy"
+    assert run_state.resolve_metric("eval_loss", ["eval_loss"]) == "eval_loss"
     with pytest.raises(errors.ConfigError, match="available: eval_a, eval_b"):
-        training.resolve_metric("c", ["eval_a", "eval_b"])
+        run_state.resolve_metric("c", ["eval_a", "eval_b"])
 
 
 def test_run_log_rewrites_from_the_state(tmp_path):
-    log = training.RunLog(tmp_path / "log.jsonl")
+    log = run_state.RunLog(tmp_path / "log.jsonl")
     for step in (1, 2, 3):
         log.append({"step": step, "loss": 1.0 / step})
-    resumed = training.RunLog(tmp_path / "log.jsonl", log.records[:2])  # a checkpoint at step 2
+    resumed = run_state.RunLog(tmp_path / "log.jsonl", log.records[:2])  # a checkpoint at step 2
     resumed.append({"step": 3, "loss": 0.3})
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert lines == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}, {"step": 3, "loss": 0.3}]
