@@ -121,7 +121,7 @@ def balanced_order(column: Column, ranges: Ranges) -> Tensor | None:
     """(B,) a permutation of the column's rows after which each of `ranges` holds about the same number of
     real tokens, or None when the column has no "attention_mask" (nothing to balance).
 
-    With packing (packing.py) a chunk's activation memory follows its real tokens, not its row count, and
+    With packing (fast/packing.py) a chunk's activation memory follows its real tokens, not its row count, and
     the step's peak memory is its heaviest chunk's. Rows taken in batch order put several long rows in one
     chunk now and then, and the more chunks a batch has the more often it happens: at 512 rows of NLI
     triplets the heaviest of 16 chunks cost 1.5x the activations of a 32-row batch. Longest rows first,
