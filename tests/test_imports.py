@@ -47,8 +47,8 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
-            # `from X import Y` imports X.Y where that is a module, else X
-            targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in known else source for alias in node.names]
+            # `from X import Y` imports X (its __init__ runs first) and X.Y where that is a module
+            targets = [source] + [f"{source}.{alias.name}" for alias in node.names if f"{source}.{alias.name}" in known]
         else:
             continue
         found.update(t for t in targets if t in known and t != name)

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import kernels
+import minisbert.fast.kernels as kernels  # the module itself, not the package (fast/__init__.py imports us)
 
 
 def inference_dtype(x: Tensor) -> torch.dtype | None:

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..modernbert import ModernBertClassifier, ModernBertEncoder, rotate
-from . import linears, packing
+import minisbert.fast.linears as linears  # the modules themselves, not the package (fast/__init__.py imports us)
+import minisbert.fast.packing as packing
 
 
 def _attention(attn, x: Tensor, rope: tuple[Tensor, Tensor], p: packing.Packed, masks: list[Tensor | None],

@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..bert import POSITIONS, position_ids_for
-from . import kernels, linears
+import minisbert.fast.kernels as kernels  # the modules themselves, not the package (fast/__init__.py imports us)
+import minisbert.fast.linears as linears
 
 # A bucket for attention is closed when padding its rows to its longest row would waste more than this
 # share of its (row x key) slots: attention is a small part of the cost, a few buckets per batch suffice.
