@@ -8,6 +8,7 @@
     the loop              LoopState fresh or resumed; Bookkeeping after each step: the progress bar,
                           log.jsonl, evaluation and checkpoints every N steps
     the end               the best model, the final evaluation, final/ with its model card
+    evaluators            an --eval_data entry ([name=]path) -> the evaluator that reads its layout
 
 `cfg` is train.py's TrainConfig, read by attribute only: nothing here imports train.py.
 """
