@@ -380,39 +380,43 @@ def run_backbones(t: Table, a):
         def work(func, kw, memory=False):
             return common.worker("bench_backbones", func, q | kw, threads=a.threads, memory=memory)
 
-        e = cfg["encode"]
-        r["encode"] = enc = work("time_encode", e | {"repeats": a.repeats or e["repeats"], "dtypes": dtypes})
-        s, ck = enc["seconds"], enc["checks"]
-        what = f"{e['n']} {'NLI anchors' if e['data'] == 'nli' else 'SciFact abstracts'}, max length {e['max_length']}, batch {e['batch_size']}"
-        t.add("backbones", f"{label}: encode {what}, fp32", e["n"] / s["st_fp32"], e["n"] / s["minisbert_fp32"], "texts/s",
-              higher_is_better=True, target=">= 1.2x, diff <= 1e-5", ok=lambda x: x >= 1.2 and ck["max_abs_diff_fp32"] <= 1e-5,
-              note=f"max abs diff {ck['max_abs_diff_fp32']:.1e}; {enc['real_tokens']} real tokens")
-        if "bf16" in dtypes:
-            t.add("backbones", f"{label}: encode, bf16 autocast (both)", e["n"] / s["st_bf16"], e["n"] / s["minisbert_bf16"],
-                  "texts/s", higher_is_better=True,
-                  note=f"min cosine minisbert bf16 to ST fp32 {ck['minisbert_bf16_min_cosine_to_st_fp32']:.4f}")
-        tr = cfg["train"]
-        kw = {k: v for k, v in tr.items() if k != "repeats"} | {"repeats": a.repeats or tr["repeats"]}
-        if model == "bge-m3" and not a.quick:  # two 568M models with AdamW state do not fit one process next to each other
-            parts = [work("time_train", kw | {"libs": [lib]}) for lib in ("st", "minisbert")]
-            r["train"] = {"seconds": parts[0]["seconds"] | parts[1]["seconds"], "parts": parts}
-            where = "each library in its own process"
-        else:
-            r["train"] = work("time_train", kw)
-            where = "alternated in one process"
-        s = r["train"]["seconds"]
-        t.add("backbones", f"{label}: MNRL step, batch {tr['batch_size']}, max length {tr['max_length']} ({tr['data']}), fp32",
-              tr["batch_size"] / s["st"], tr["batch_size"] / s["minisbert"], "samples/s", higher_is_better=True,
-              target=">= 1.3x", ok=lambda x: x >= 1.3, note=where)
-        c = cfg["cached"]
-        for bs in c["batches"]:
-            mem = {lib: work("mem_train", {"lib": lib, "loss": "cached_mnrl", "batch_size": bs, "data": c["data"],
-                                                     "max_length": c["max_length"], "mini_batch_size": c["mini_batch_size"]},
-                             memory=True) for lib in ("st", "minisbert")}
-            r[f"cached_{bs}"] = mem
-            t.add("backbones", f"{label}: cached MNRL peak memory, batch {bs}, mini-batch {c['mini_batch_size']}",
-                  mem["st"]["peak_mib"], mem["minisbert"]["peak_mib"], "MiB", ratio_kind="share", target="<= ST",
-                  ok=lambda x: x <= 1.0, note=f"that step: ST {mem['st']['seconds']:.1f} s / minisbert {mem['minisbert']['seconds']:.1f} s")
+        cfg = {k: v for k, v in cfg.items() if not a.case or k in a.case}
+        if "encode" in cfg:
+            e = cfg["encode"]
+            r["encode"] = enc = work("time_encode", e | {"repeats": a.repeats or e["repeats"], "dtypes": dtypes})
+            s, ck = enc["seconds"], enc["checks"]
+            what = f"{e['n']} {'NLI anchors' if e['data'] == 'nli' else 'SciFact abstracts'}, max length {e['max_length']}, batch {e['batch_size']}"
+            t.add("backbones", f"{label}: encode {what}, fp32", e["n"] / s["st_fp32"], e["n"] / s["minisbert_fp32"], "texts/s",
+                  higher_is_better=True, target=">= 1.2x, diff <= 1e-5", ok=lambda x: x >= 1.2 and ck["max_abs_diff_fp32"] <= 1e-5,
+                  note=f"max abs diff {ck['max_abs_diff_fp32']:.1e}; {enc['real_tokens']} real tokens")
+            if "bf16" in dtypes:
+                t.add("backbones", f"{label}: encode, bf16 autocast (both)", e["n"] / s["st_bf16"], e["n"] / s["minisbert_bf16"],
+                      "texts/s", higher_is_better=True,
+                      note=f"min cosine minisbert bf16 to ST fp32 {ck['minisbert_bf16_min_cosine_to_st_fp32']:.4f}")
+        if "train" in cfg:
+            tr = cfg["train"]
+            kw = {k: v for k, v in tr.items() if k != "repeats"} | {"repeats": a.repeats or tr["repeats"]}
+            if model == "bge-m3" and not a.quick:  # two 568M models with AdamW state do not fit one process next to each other
+                parts = [work("time_train", kw | {"libs": [lib]}) for lib in ("st", "minisbert")]
+                r["train"] = {"seconds": parts[0]["seconds"] | parts[1]["seconds"], "parts": parts}
+                where = "each library in its own process"
+            else:
+                r["train"] = work("time_train", kw)
+                where = "alternated in one process"
+            s = r["train"]["seconds"]
+            t.add("backbones", f"{label}: MNRL step, batch {tr['batch_size']}, max length {tr['max_length']} ({tr['data']}), fp32",
+                  tr["batch_size"] / s["st"], tr["batch_size"] / s["minisbert"], "samples/s", higher_is_better=True,
+                  target=">= 1.3x", ok=lambda x: x >= 1.3, note=where)
+        if "cached" in cfg:
+            c = cfg["cached"]
+            for bs in c["batches"]:
+                mem = {lib: work("mem_train", {"lib": lib, "loss": "cached_mnrl", "batch_size": bs, "data": c["data"],
+                                                         "max_length": c["max_length"], "mini_batch_size": c["mini_batch_size"]},
+                                 memory=True) for lib in ("st", "minisbert")}
+                r[f"cached_{bs}"] = mem
+                t.add("backbones", f"{label}: cached MNRL peak memory, batch {bs}, mini-batch {c['mini_batch_size']}",
+                      mem["st"]["peak_mib"], mem["minisbert"]["peak_mib"], "MiB", ratio_kind="share", target="<= ST",
+                      ok=lambda x: x <= 1.0, note=f"that step: ST {mem['st']['seconds']:.1f} s / minisbert {mem['minisbert']['seconds']:.1f} s")
         if "cross" in cfg:
             x = cfg["cross"]
             kw = {k: v for k, v in x.items() if k != "repeats"} | {"repeats": a.repeats or x["repeats"], "cross": True}
@@ -449,6 +453,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats, smaller workloads")
     parser.add_argument("--backbone", action="append", choices=list(BACKBONES),
                         help="--workload backbones: only these models (repeatable; default: all)")
+    parser.add_argument("--case", action="append", choices=("encode", "train", "cached", "cross", "checkpointing"),
+                        help="--workload backbones: only these rows of each model (repeatable; default: all)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 2)))
     parser.add_argument("--repeats", type=int, default=None, help="override every workload's number of timed repeats")
     parser.add_argument("--json", type=Path, default=None, help="write every figure (and all repeats) here")

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import checkpoint
-from .bert import ACTIVATIONS, _dtype
+from .bert import ACTIVATIONS, _dtype, lookup
 
 # transformers' class names for the two heads this module builds (auto class -> architecture).
 ARCHITECTURES = {"AutoModel": "ModernBertModel", "AutoModelForSequenceClassification": "ModernBertForSequenceClassification"}
@@ -110,7 +110,7 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(c.embedding_dropout)
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        return self.drop(self.norm(self.tok_embeddings(input_ids)))  # (B, L, H)
+        return self.drop(self.norm(lookup(self.tok_embeddings, input_ids)))  # (B, L, H)
 
 
 class Attention(nn.Module):

@@ -5,6 +5,7 @@ unchanged, and a fallback to transformers for every folder it does not reproduce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -257,3 +258,53 @@ def test_sharded_checkpoint(tiny_model_dirs, tmp_path):
     state = theirs.state_dict()
     for name, tensor in ours.state_dict().items():
         assert torch.equal(tensor, state[name]), name
+
+
+def _table_sized_allocations(fn, table_bytes: int) -> int:
+    """How many allocations of at least `table_bytes` fn() makes (the profiler's CPU memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(e.self_cpu_memory_usage >= table_bytes for e in prof.events())  # self: not counted again in callers
+
+
+def test_lookup_adds_into_the_existing_gradient_without_a_table_sized_temporary():
+    torch.manual_seed(0)
+    ours, plain = (torch.nn.Embedding(5000, 64, padding_idx=0) for _ in range(2))
+    plain.load_state_dict(ours.state_dict())
+    ids = [torch.randint(0, 5000, (4, 10)) for _ in range(3)]
+    ids[1][0, :3] = 0  # padding rows get no gradient either way
+    table_bytes = 5000 * 64 * 4
+    for k, x in enumerate(ids):
+        plain(x).mul(k + 1).sum().backward()
+        n = _table_sized_allocations(lambda x=x, k=k: bert.lookup(ours, x).mul(k + 1).sum().backward(), table_bytes)
+        assert n == (1 if k == 0 else 0)  # the first backward's dense gradient becomes .grad; later ones add in place
+        assert ours.weight.grad.layout == torch.strided
+        torch.testing.assert_close(ours.weight.grad, plain.weight.grad, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(bert.lookup(ours, ids[0]), plain(ids[0]))
+
+
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_cached_step_builds_the_vocabulary_gradient_once(tiny_model_dirs, path):
+    """The cached step's chunks after the first add a sparse vocabulary gradient into .grad in place
+    (bert.lookup): one table-sized allocation per step, not one per chunk, and the uncached gradients."""
+    from minisbert import distributed, training
+
+    texts = [TEXTS * 2, TEXTS[::-1] * 2]
+    grads = {}
+    for mini in (None, 2):
+        model = BiEncoder.from_pretrained(tiny_model_dirs["bert"], device="cpu")
+        model.eval()  # dropout off: cached and uncached see the same network
+        loss = "cached_mnrl" if mini else "mnrl"
+        task = training.build_task(model, "t", texts, training.column_loss(loss), loss=loss, mini_batch_size=mini)
+        table = model.backbone.get_input_embeddings().weight
+        step = lambda: training.train_step(model, task, list(range(10)), world=distributed.World())  # noqa: E731
+        with contextlib.nullcontext() if path == "fast" else fast.disabled():
+            n = _table_sized_allocations(step, table.numel() * table.element_size())
+        if mini:  # (the uncached step on the reference path embeds each column with its own lookup: 2)
+            assert n == 1
+        grads[mini] = {k: p.grad for k, p in model.named_parameters()}
+    for k, g in grads[None].items():
+        torch.testing.assert_close(grads[2][k], g, rtol=1e-5, atol=1e-6, msg=k)

@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..bert import POSITIONS, position_ids_for
+from ..bert import POSITIONS, lookup, position_ids_for
 import minisbert.fast.kernels as kernels  # the modules themselves, not the package (fast/__init__.py imports us)
 import minisbert.fast.linears as linears
 
@@ -321,7 +321,7 @@ class _GeluFeedForward(torch.autograd.Function):
 def encode_packed(backbone, p: Packed) -> Tensor:
     """The backbone's last hidden states of the packed tokens, (T', H); the pooler head is not run."""
     emb = backbone.embeddings
-    x = emb.word_embeddings(p.input_ids)  # (T', H)
+    x = lookup(emb.word_embeddings, p.input_ids)  # (T', H)
     types = p.token_type_ids if p.token_type_ids is not None else torch.zeros_like(p.input_ids)
     x = x + emb.token_type_embeddings(types)
     x = x + emb.position_embeddings(p.position_ids)
