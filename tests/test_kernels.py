@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from capabilities import needs_onednn
 from minisbert import BiEncoder, CrossEncoder
@@ -136,6 +137,34 @@ def test_only_the_reorder_failing_keeps_onednn_bf16_with_plain_weights(tiny, aut
     torch.testing.assert_close(_encode(tiny, torch.bfloat16), ref, **BF16)
 
 
+@pytest.mark.parametrize("vendor", ["GenuineIntel", "AuthenticAMD"])
+def test_float32_matmuls_take_mkl_on_intel_and_onednn_elsewhere(tiny, auto, monkeypatch, vendor):
+    """Intel CPUs: float32 linears with nothing fused in are F.linear (MKL), in inference and training; only
+    the GELU-fused ones stay oneDNN's. Other vendors: oneDNN's for all. Same encodings either way."""
+    if not kernels.onednn_linear(torch.float32) or not torch.backends.mkl.is_available():
+        pytest.skip("oneDNN's float32 linear or MKL is not available here")
+    with kernels.portable():
+        ref = _encode(tiny, torch.float32)
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: vendor)
+    calls = []
+    real = kernels.linear_pointwise
+    monkeypatch.setattr(kernels, "linear_pointwise", lambda *a, **k: calls.append(a[3] if len(a) > 3 else k.get("gelu", False)) or real(*a, **k))
+    intel = vendor == "GenuineIntel"
+    assert kernels.mkl_float32() == intel
+    x, w, b = kernels._probe_inputs((6, 16), (24, 16), (24,))
+    with torch.inference_mode():
+        y = linears.linear(x, w, b, torch.float32)
+        assert calls == ([] if intel else [False])
+        if intel:
+            assert torch.equal(y, F.linear(x, w, b))
+        torch.testing.assert_close(linears.linear(x, w, b, torch.float32, gelu=True), F.gelu(F.linear(x, w, b)))
+        assert calls[-1] is True  # GELU fused in: oneDNN's, on every vendor
+    assert linears.onednn_float32(x) == (not intel)
+    calls.clear()
+    torch.testing.assert_close(_encode(tiny, torch.float32), ref)
+    assert (False in calls) == (not intel)
+
+
 def test_probes_draw_no_random_numbers(auto):
     state = torch.get_rng_state()
     kernels.onednn_linear(torch.float32), kernels.onednn_prepack(), kernels.bf16_native("cpu")
@@ -208,7 +237,7 @@ def test_native_bf16_says_nothing(tiny, auto, monkeypatch):
 
 
 @pytest.mark.skipif(platform.machine().lower() not in kernels.X86, reason="oneDNN's ISA cap emulates an x86 CPU")
-def test_an_avx2_only_cpu_for_real(tiny_model_dirs, tmp_path):
+def test_an_avx2_only_cpu_for_real(tiny_model_dirs, tmp_path, auto):
     """oneDNN capped to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2) is what an AMD Zen 3 offers:
     in a fresh process bf16 is found emulated, oneDNN's bf16 linear is not used, bf16 encode (weights and
     autocast) runs and agrees with fp32, and the warning comes once."""
@@ -236,7 +265,9 @@ print(json.dumps(dict(describe=kernels.describe("cpu", torch.bfloat16), fp32=ker
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     if result["describe"] == "onednn-bf16":
         pytest.skip("this torch build ignores oneDNN's ISA cap")
-    assert result["describe"] == "portable (bf16 emulated)" and result["fp32"] == "onednn-fp32"
+    # float32 is not capped: oneDNN's, or MKL's matmuls on an Intel CPU (kernels.mkl_float32), as in this process
+    assert result["describe"] == "portable (bf16 emulated)" and result["fp32"] == kernels.describe("cpu")
+    assert result["fp32"] in ("onednn-fp32", "mkl+onednn-fp32")
     assert result["warnings"] == 1 and result["diff"] < BF16["atol"]
 
 
@@ -250,7 +281,8 @@ def test_packing_reads_the_choice_at_call_time_and_only_for_cpu_tensors(tiny, au
         assert linears.inference_dtype(other) is None
         with kernels.portable():
             assert linears.inference_dtype(x) is None
-    assert linears.onednn_float32(x) == kernels.onednn_linear(torch.float32) and not linears.onednn_float32(other)
+    assert linears.onednn_float32(x) == (kernels.onednn_linear(torch.float32) and not kernels.mkl_float32())
+    assert not linears.onednn_float32(other)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

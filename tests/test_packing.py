@@ -467,16 +467,26 @@ def test_float32_training_linear_equals_autograd(bias):
 
 
 @needs_onednn(torch.float32)
-def test_training_matmuls_take_onednn_in_float32_only(tiny_model_dirs, monkeypatch):
-    """A float32 training step runs its linears through oneDNN (`linears.mm`); under bf16 autocast they stay on
-    autocast's F.linear (bf16 matmuls), as before."""
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+def test_training_matmuls_take_onednn_in_float32_only(tiny_model_dirs, monkeypatch, vendor):
+    """A float32 training step runs its linears through oneDNN (`linears.mm`), except on Intel CPUs where MKL's
+    F.linear is the faster one (kernels.mkl_float32); under bf16 autocast they stay on autocast's F.linear
+    (bf16 matmuls), as before."""
+    from minisbert.fast import kernels
+
+    monkeypatch.setattr(kernels, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(kernels, "_PROBED", {})
+    kernels.onednn_linear(torch.float32), kernels.mkl_float32()  # the probes' own calls are not counted below
     calls = []
     real = torch.ops.mkldnn._linear_pointwise
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(a[0].dtype) or real(*a))
     model = BiEncoder.from_pretrained(tiny_model_dirs["bert"]).train()
     features = model.tokenize(TEXTS)
     model(features).sum().backward()
-    assert calls and set(calls) == {torch.float32}
+    if vendor == "GenuineIntel" and kernels.mkl_float32():
+        assert calls == []
+    else:
+        assert calls and set(calls) == {torch.float32}
     calls.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(features)

@@ -3,6 +3,8 @@ fallback that gives the same results to float rounding.
 
     onednn_linear(dtype)    oneDNN's linear with bias / GELU fused in (torch.ops.mkldnn._linear_pointwise), for
                             CPU tensors in float32 or bfloat16; fallback F.linear (+ F.gelu)
+    mkl_float32()           whether float32 matmuls with nothing fused in take MKL's sgemm (F.linear, torch.mm)
+                            instead: on Intel CPUs
     onednn_prepack()        oneDNN's blocked bf16 weight layout (torch.ops.mkldnn._reorder_linear_weight);
                             fallback the plain (out, in) weight
     adamw_kernel(dev, dt)   torch._fused_adamw_, or torch's torch._foreach_* sequence; fallback the AdamW formula
@@ -113,6 +115,30 @@ def onednn_linear(dtype: torch.dtype) -> bool:
     if is_portable() or dtype not in (torch.float32, torch.bfloat16) or platform.machine().lower() not in X86:
         return False
     return bool(_probed(("onednn_linear", dtype), lambda: _probe_onednn_linear(dtype)))
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...) from /proc/cpuinfo, else platform.processor()'s
+    words (Windows names the vendor there), else ""."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    words = platform.processor().split()
+    return next((w for w in words if w in ("GenuineIntel", "AuthenticAMD")), "")
+
+
+def mkl_float32() -> bool:
+    """True where float32 matmuls with nothing fused in (no GELU) take MKL's sgemm (F.linear, torch.mm) rather
+    than oneDNN's linear: Intel CPUs, where MKL, Intel's own library, ran every measured matmul 3-12% faster
+    than oneDNN, in inference and in training (benchmarks/README.md, decision table: float32 matmuls through
+    MKL on Intel CPUs). On other x86 CPUs MKL's sgemm runs AVX2 code, so oneDNN's is kept there."""
+    if is_portable() or not torch.backends.mkl.is_available() or platform.machine().lower() not in X86:
+        return False
+    return bool(_probed(("mkl_float32",), lambda: cpu_vendor() == "GenuineIntel"))
 
 
 def _probe_prepack() -> bool:
@@ -260,13 +286,14 @@ def warn_if_bf16_emulated(device) -> bool:
 
 
 def describe(device, dtype: torch.dtype = torch.float32, optimizer: bool = False) -> str:
-    """The kernels a run on `device` in `dtype` uses, e.g. "onednn-fp32", "onednn-bf16", "portable",
+    """The kernels a run on `device` in `dtype` uses, e.g. "onednn-fp32", "mkl+onednn-fp32" (MKL's matmuls,
+    oneDNN's with GELU fused in), "onednn-bf16", "portable",
     "portable (forced)", "portable (bf16 emulated)"; with `optimizer`, the AdamW update too (", adamw-fused")."""
     device = torch.device(device)
     if is_portable():
         name = "portable (forced)"
     elif device.type == "cpu" and onednn_linear(dtype):
-        name = "onednn-bf16" if dtype == torch.bfloat16 else "onednn-fp32"
+        name = "onednn-bf16" if dtype == torch.bfloat16 else "mkl+onednn-fp32" if mkl_float32() else "onednn-fp32"
     else:
         name = "portable"
     if dtype == torch.bfloat16 and not bf16_native(device):

@@ -3,7 +3,8 @@ elsewhere, with the same results to float rounding.
 
     inference_dtype(x)            the dtype oneDNN's fused inference linears run in for x, or None
     linear(x, W, b, dtype, gelu)  x W^T + b (then GELU): oneDNN with bias and GELU fused in for inference,
-                                  `Linear` for float32 training on CPU, F.linear elsewhere
+                                  `Linear` for float32 training on CPU, F.linear elsewhere (and for
+                                  float32 without GELU on Intel CPUs: MKL, kernels.mkl_float32)
     dense(x, lin, dtype, gelu)    `linear` on an nn.Linear's parameters (or its inference copies)
     mm(a, b, bias)                a b (+ bias) outside autograd, through oneDNN in float32 on CPU
     Linear                        x W^T + b with both directions' matmuls through `mm`
@@ -50,6 +51,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype | 
     """
     if dtype is not None:
         x = x.to(dtype)
+        if dtype == torch.float32 and not gelu and kernels.mkl_float32():
+            return F.linear(x, weight, bias)  # nothing to fuse: MKL's sgemm is the faster one there
         if not weight.is_mkldnn:
             weight, bias = weight.to(dtype), bias.to(dtype) if bias is not None else None
         return kernels.linear_pointwise(x, weight, bias, gelu)
@@ -58,9 +61,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, dtype: torch.dtype | 
 
 
 def onednn_float32(x: Tensor) -> bool:
-    """True where float32 matmuls of training go through oneDNN (`mm`): on CPU, in float32, outside autocast."""
+    """True where float32 matmuls of training go through oneDNN (`mm`): on CPU, in float32, outside autocast,
+    where MKL is not the faster one (kernels.mkl_float32: Intel CPUs take F.linear / torch.mm)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and kernels.onednn_linear(torch.float32))
+            and kernels.onednn_linear(torch.float32) and not kernels.mkl_float32())
 
 
 def mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
