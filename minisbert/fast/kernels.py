@@ -136,9 +136,10 @@ def mkl_float32() -> bool:
     than oneDNN's linear: Intel CPUs, where MKL, Intel's own library, ran every measured matmul 3-12% faster
     than oneDNN, in inference and in training (benchmarks/README.md, decision table: float32 matmuls through
     MKL on Intel CPUs). On other x86 CPUs MKL's sgemm runs AVX2 code, so oneDNN's is kept there."""
-    if is_portable() or not torch.backends.mkl.is_available() or platform.machine().lower() not in X86:
+    if is_portable():
         return False
-    return bool(_probed(("mkl_float32",), lambda: cpu_vendor() == "GenuineIntel"))
+    return bool(_probed(("mkl_float32",), lambda: torch.backends.mkl.is_available()
+                        and platform.machine().lower() in X86 and cpu_vendor() == "GenuineIntel"))
 
 
 def _probe_prepack() -> bool:
