@@ -6,7 +6,8 @@ elsewhere, with the same results to float rounding.
                                   `Linear` for float32 training on CPU, F.linear elsewhere (and for
                                   float32 without GELU on Intel CPUs: MKL, kernels.mkl_float32)
     dense(x, lin, dtype, gelu)    `linear` on an nn.Linear's parameters (or its inference copies)
-    mm(a, b, bias)                a b (+ bias) outside autograd, through oneDNN in float32 on CPU
+    mm(a, b, bias)                a b (+ bias) outside autograd, through oneDNN in float32 on CPU (not on
+                                  Intel CPUs, where MKL is the faster one: kernels.mkl_float32)
     Linear                        x W^T + b with both directions' matmuls through `mm`
     reusing_weights()             the scope in which inference copies of the weights are made once
     prepared(dtype, *linears)     those copies: stacked (the fused QKV), cast, in bf16 in oneDNN's layout
@@ -70,10 +71,10 @@ def onednn_float32(x: Tensor) -> bool:
 def mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """a b (+ bias), (m, k) x (k, n) -> (m, n), outside autograd.
 
-    In float32 on CPU outside autocast this is oneDNN's linear on b^T (copied to rows when b is not a
-    transposed row-major matrix): torch.mm and F.linear take MKL's sgemm there, which runs AVX2 code on AMD
-    CPUs, at the cost of oneDNN's cache of compiled kernels (benchmarks/README.md, decision table: float32
-    training matmuls through oneDNN). Elsewhere (autocast, other dtypes and devices) it is torch.mm /
+    In float32 on CPU outside autocast (`onednn_float32`) this is oneDNN's linear on b^T (copied to rows when b
+    is not a transposed row-major matrix): torch.mm and F.linear take MKL's sgemm there, which runs AVX2 code on
+    AMD CPUs, at the cost of oneDNN's cache of compiled kernels (benchmarks/README.md, decision table: float32
+    training matmuls through oneDNN). On Intel CPUs, and elsewhere (autocast, other dtypes and devices) it is torch.mm /
     F.linear under the caller's autocast state, as autograd would run them.
     """
     if onednn_float32(a) and b.dtype == torch.float32:
@@ -83,8 +84,8 @@ def mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
 
 class Linear(torch.autograd.Function):
     """x W^T + b, (T, in) -> (T, out), with every matmul of both directions through `mm`: for float32
-    training on CPU, where autograd's F.linear takes MKL (see `mm`). Gradients equal F.linear's to float
-    rounding (tests/test_packing.py)."""
+    training on CPU where `onednn_float32` chooses oneDNN over autograd's F.linear (MKL; see `mm`). Gradients
+    equal F.linear's to float rounding (tests/test_packing.py)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):

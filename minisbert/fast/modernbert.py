@@ -41,7 +41,7 @@ def _slots(index: Tensor, size: int) -> Tensor:
 
 
 def _attention(attn, x: Tensor, rope: tuple[Tensor, Tensor], p: packing.Packed, masks: list[Tensor | None],
-               fast: torch.dtype | None, slots: list[Tensor]) -> Tensor:
+               fast: torch.dtype | None, slots: list[Tensor | None]) -> Tensor:
     """modernbert.Attention on packed tokens x (T', H) -> (T', H); `masks` and `slots` (_slots) one per bucket of p.
 
     Each bucket runs SDPA on its rows padded to L. In training the pads are zeros written into a zero
@@ -98,7 +98,8 @@ def encode_packed(encoder: ModernBertEncoder, p: packing.Packed) -> Tensor:
     types = sorted(set(encoder.config.layer_types))
     ropes = {t: encoder.rotary_emb(p.position_ids, t, x.dtype) for t in types}
     masks = {t: [encoder.mask(real, t) for _, _, _, real in p.buckets] for t in types}
-    slots = [_slots(index, n * L) for n, L, index, _ in p.buckets]
+    # the inference gather's slots (see _attention); training pads into zero buffers and needs none
+    slots = [None if torch.is_grad_enabled() else _slots(index, n * L) for n, L, index, _ in p.buckets]
     recompute = encoder.gradient_checkpointing and encoder.training and torch.is_grad_enabled()
     if recompute:
         from torch.utils.checkpoint import checkpoint
